@@ -1,0 +1,184 @@
+"""The typed objects that cross the Temporal boundary.
+
+Every workflow, signal, query and activity takes exactly one of these and
+returns one. They are plain pydantic models serialised by the one data
+converter (``temporalio.contrib.pydantic``) that worker, starter and tests
+share. None of them may ever carry a credential or an export body: activities
+load the connection by id and stream bodies through object storage.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+ExportStatusName = Literal["PENDING", "SENT", "ACKED", "FAILED"]
+
+
+class _Contract(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class ErrorInfo(_Contract):
+    """What went wrong, as stored in ``erp_export.error_json`` and shown to operators."""
+
+    code: str
+    message: str
+    fields: list[str] = Field(default_factory=list)
+    details: dict[str, Any] = Field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.fields:
+            data["fields"] = self.fields
+        data.update(self.details)
+        return data
+
+
+# --- workflow -----------------------------------------------------------------
+
+
+class ExportRequest(_Contract):
+    """Input of ``ExportOrderWorkflow``: one approved draft for one ERP connection.
+
+    ``draft`` is the approved draft as JSON (DESIGN 5.1). It is validated by the
+    workflow itself, so that a backend in any language that sends a bad draft
+    gets a failed run naming every bad field instead of a stuck workflow task.
+    ``draft_ref`` is an object-storage key holding that JSON, for drafts too
+    large for a Temporal payload.
+    """
+
+    erp_connection_id: UUID
+    draft: dict[str, Any] | None = None
+    draft_ref: str | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one_source(self) -> ExportRequest:
+        if (self.draft is None) == (self.draft_ref is None):
+            raise ValueError("give exactly one of 'draft' or 'draft_ref'")
+        return self
+
+
+class DraftSummary(_Contract):
+    """The few draft facts the workflow needs for names, search attributes and summaries."""
+
+    draft_order_id: UUID
+    org_id: UUID
+    org_slug: str
+    external_order_number: str
+    line_count: int
+
+
+class ExportResult(_Contract):
+    """Result of a finished ``ExportOrderWorkflow`` run."""
+
+    draft_order_id: UUID
+    export_id: UUID | None
+    attempt: int
+    status: ExportStatusName
+    filename: str | None = None
+    erp_order_id: str | None = None
+    error: ErrorInfo | None = None
+
+
+class ExportState(_Contract):
+    """Answer of the ``status`` query."""
+
+    draft_order_id: UUID | None
+    attempt: int
+    export_id: UUID | None
+    status: ExportStatusName
+    filename: str | None = None
+    erp_order_id: str | None = None
+    last_error: ErrorInfo | None = None
+    waiting_for: Literal["nothing", "delivery", "ack", "retry_signal"] = "nothing"
+
+
+class RetryRequest(_Contract):
+    """Signal ``retry``: start a new attempt of a FAILED export."""
+
+    reason: str | None = None
+    requested_by: str | None = None
+
+
+class CancelRequest(_Contract):
+    """Signal ``cancel``: stop waiting (for an ack or a retry) and close the run."""
+
+    reason: str | None = None
+    requested_by: str | None = None
+
+
+# --- activities ---------------------------------------------------------------
+
+
+class DraftRef(_Contract):
+    draft_ref: str
+
+
+class OpenAttemptInput(_Contract):
+    erp_connection_id: UUID
+    draft_order_id: UUID
+    org_id: UUID
+    workflow_id: str
+    workflow_run_id: str
+    run_seq: int
+
+
+class AttemptInfo(_Contract):
+    """An opened attempt: the row exists (PENDING) and its names are fixed."""
+
+    export_id: UUID
+    attempt: int
+    filename: str
+    storage_key: str
+    dropzone_label: str
+    waits_for_ack: bool
+    poll_interval_seconds: int
+    ack_timeout_seconds: int
+
+
+class RenderInput(_Contract):
+    export_id: UUID
+    draft: dict[str, Any] | None = None
+    draft_ref: str | None = None
+
+
+class StoredExport(_Contract):
+    export_id: UUID
+    storage_key: str
+    sha256: str
+    size_bytes: int
+
+
+class ExportRef(_Contract):
+    """Names one attempt (one ``erp_export`` row); everything else is loaded by id."""
+
+    export_id: UUID
+
+
+class DeliveryOutcome(_Contract):
+    export_id: UUID
+    dropzone_path: str
+    already_present: bool
+    size_bytes: int
+    sent_at: datetime | None = None
+
+
+class AckOutcome(_Contract):
+    export_id: UUID
+    status: Literal["ACKED", "FAILED"]
+    erp_order_id: str | None = None
+    error: ErrorInfo | None = None
+
+
+class MarkFailedInput(_Contract):
+    export_id: UUID
+    error: ErrorInfo
+
+
+class AttemptStatus(_Contract):
+    export_id: UUID
+    status: ExportStatusName

@@ -1,0 +1,43 @@
+"""ERP connections and export attempts in PostgreSQL (DESIGN 5.5)."""
+
+from dropzone.ledger.models import (
+    EXPORT_FORMAT_VERSION,
+    Base,
+    ConnectionRecord,
+    ConnectionSummary,
+    ErpConnection,
+    ErpExport,
+    ExportRecord,
+    ExportStatus,
+)
+from dropzone.ledger.repository import (
+    DATABASE_URL_ENV,
+    VERSION_TABLE,
+    Ledger,
+    alembic_config,
+    create_ledger_engine,
+    describe_database,
+    migrate,
+    psycopg_url,
+    translate_db_errors,
+)
+
+__all__ = [
+    "DATABASE_URL_ENV",
+    "EXPORT_FORMAT_VERSION",
+    "VERSION_TABLE",
+    "Base",
+    "ConnectionRecord",
+    "ConnectionSummary",
+    "ErpConnection",
+    "ErpExport",
+    "ExportRecord",
+    "ExportStatus",
+    "Ledger",
+    "alembic_config",
+    "create_ledger_engine",
+    "describe_database",
+    "migrate",
+    "psycopg_url",
+    "translate_db_errors",
+]

@@ -1,0 +1,205 @@
+"""Tables ``erp_connection`` and ``erp_export`` (DESIGN 5.5) and the value objects
+the repository hands out instead of live ORM rows.
+
+The schema itself is created by ``migrations/versions``; these models must stay
+identical to it (``tests/dropzone/test_ledger.py`` compares the two).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Index,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    Uuid,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+EXPORT_FORMAT_VERSION = "orderflow_export_json_v1"
+
+# Deterministic constraint names so that migrations can refer to them.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class ExportStatus(StrEnum):
+    PENDING = "PENDING"
+    SENT = "SENT"
+    ACKED = "ACKED"
+    FAILED = "FAILED"
+
+
+# Statuses from which each transition may start; anything else is returned
+# unchanged so that a status never goes backwards.
+SENDABLE = (ExportStatus.PENDING,)
+ACKABLE = (ExportStatus.PENDING, ExportStatus.SENT)  # an ack can beat the SENT record
+FAILABLE = (ExportStatus.PENDING, ExportStatus.SENT)
+
+_STATUS_CHECK = "status IN ({})".format(", ".join(f"'{s.value}'" for s in ExportStatus))
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def _timestamp(*, nullable: bool = False) -> Any:
+    if nullable:
+        return mapped_column(DateTime(timezone=True), nullable=True)
+    return mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+
+
+class ErpConnection(Base):
+    __tablename__ = "erp_connection"
+
+    id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, primary_key=True, default=uuid.uuid4, server_default=text("gen_random_uuid()")
+    )
+    org_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    connector_type: Mapped[str] = mapped_column(Text)
+    config_encrypted: Mapped[str] = mapped_column(Text)
+    active: Mapped[bool] = mapped_column(default=True, server_default=text("true"))
+    last_test_at: Mapped[datetime | None] = _timestamp(nullable=True)
+    last_test_success: Mapped[bool | None]
+    created_at: Mapped[datetime] = _timestamp()
+    updated_at: Mapped[datetime] = _timestamp()
+
+    __table_args__ = (
+        # Names from the SSOT schema (§5.4.15), which other services may already use.
+        Index("idx_erp_connection_org_type", "org_id", "connector_type", unique=True),
+        Index("idx_erp_connection_org_active", "org_id", "active"),
+    )
+
+
+class ErpExport(Base):
+    """One attempt to deliver one draft order. A retry is a new row."""
+
+    __tablename__ = "erp_export"
+
+    id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, primary_key=True, default=uuid.uuid4, server_default=text("gen_random_uuid()")
+    )
+    org_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    erp_connection_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("erp_connection.id"))
+    draft_order_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    attempt: Mapped[int]
+    export_format_version: Mapped[str] = mapped_column(
+        Text, server_default=text(f"'{EXPORT_FORMAT_VERSION}'")
+    )
+    export_storage_key: Mapped[str] = mapped_column(Text)
+    filename: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    dropzone_path: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(20), server_default=text(f"'{ExportStatus.PENDING.value}'"))
+    erp_order_id: Mapped[str | None] = mapped_column(Text)
+    error_json: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    workflow_id: Mapped[str | None] = mapped_column(Text)
+    # Extension: (run id, n-th attempt of that run) makes opening an attempt
+    # idempotent when Temporal runs the same activity twice.
+    workflow_run_id: Mapped[str | None] = mapped_column(Text)
+    run_seq: Mapped[int | None]
+    sent_at: Mapped[datetime | None] = _timestamp(nullable=True)
+    acked_at: Mapped[datetime | None] = _timestamp(nullable=True)
+    created_at: Mapped[datetime] = _timestamp()
+    updated_at: Mapped[datetime] = _timestamp()
+
+    __table_args__ = (
+        CheckConstraint(_STATUS_CHECK, name="status"),
+        UniqueConstraint("draft_order_id", "attempt"),
+        UniqueConstraint("workflow_run_id", "run_seq"),
+        Index("idx_erp_export_filename", "filename", unique=True),
+    )
+
+
+# Declared outside the class because DESC needs the mapped column.
+Index(
+    "idx_erp_export_draft",
+    ErpExport.org_id,
+    ErpExport.draft_order_id,
+    ErpExport.created_at.desc(),
+)
+
+
+# --- value objects -----------------------------------------------------------
+
+
+def _as_utc(value: datetime) -> datetime:
+    # PostgreSQL answers in the session's TimeZone; records are always UTC.
+    return value.astimezone(UTC)
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(frozen=True, from_attributes=True)
+
+
+class _ConnectionFields(_Record):
+    id: uuid.UUID
+    org_id: uuid.UUID
+    connector_type: str
+    active: bool
+    last_test_at: UtcDatetime | None
+    last_test_success: bool | None
+    created_at: UtcDatetime
+    updated_at: UtcDatetime
+
+
+class ConnectionSummary(_ConnectionFields):
+    """A connection without its config: safe to log and to show."""
+
+
+# Not a subclass of ConnectionSummary on purpose: a record must never pass
+# where a summary (something safe to serialise) is expected.
+class ConnectionRecord(_ConnectionFields):
+    """A connection with its decrypted config (credentials): keep it inside activities."""
+
+    config: dict[str, Any] = Field(repr=False)
+
+    def summary(self) -> ConnectionSummary:
+        return ConnectionSummary.model_validate(self.model_dump(exclude={"config"}))
+
+
+class ExportRecord(_Record):
+    id: uuid.UUID
+    org_id: uuid.UUID
+    erp_connection_id: uuid.UUID
+    draft_order_id: uuid.UUID
+    attempt: int
+    export_format_version: str
+    export_storage_key: str
+    filename: str
+    sha256: str | None
+    size_bytes: int | None
+    dropzone_path: str | None
+    status: ExportStatus
+    erp_order_id: str | None
+    error_json: dict[str, Any] | None
+    workflow_id: str | None
+    workflow_run_id: str | None
+    run_seq: int | None
+    sent_at: UtcDatetime | None
+    acked_at: UtcDatetime | None
+    created_at: UtcDatetime
+    updated_at: UtcDatetime

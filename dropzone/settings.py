@@ -1,0 +1,92 @@
+"""The one settings class, read from ``DROPZONE_*`` environment variables.
+
+Built only in entrypoints (worker, CLI, dev stack) and handed down as plain
+values; nothing below the entrypoints reads the environment. The embedded dev
+stack writes its addresses to ``.dropzone/dropzone.env`` so that CLI commands in
+another terminal find it; real environment variables always win over that file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from dropzone.errors import InvalidConfigError
+
+DEFAULT_ENV_FILE = ".dropzone/dropzone.env"
+DEFAULT_TASK_QUEUE = "erp-exports"
+
+
+def _env_file() -> str:
+    return os.environ.get("DROPZONE_ENV_FILE", DEFAULT_ENV_FILE)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DROPZONE_", extra="ignore")
+
+    temporal_address: str = "127.0.0.1:7233"
+    temporal_namespace: str = "default"
+    task_queue: str = DEFAULT_TASK_QUEUE
+    temporal_ui_url: str | None = None
+
+    database_url: SecretStr | None = None
+    database_pool_size: int = Field(default=10, ge=1, le=200)
+
+    s3_endpoint_url: str | None = None
+    s3_bucket: str = "orderflow-exports"
+    s3_region: str = "us-east-1"
+    s3_access_key: SecretStr = SecretStr("")
+    s3_secret_key: SecretStr = SecretStr("")
+
+    # Comma-separated Fernet keys: the first encrypts, all decrypt (rotation).
+    config_keys: SecretStr | None = None
+    # Set only by the embedded dev stack; production refuses to run without keys.
+    dev_stack: bool = False
+
+    max_concurrent_activities: int = Field(default=32, ge=1, le=1000)
+    # Drafts whose JSON is larger go to object storage and travel as a reference.
+    inline_draft_limit_bytes: int = Field(default=256 * 1024, ge=1024, le=1_500_000)
+
+    @field_validator("temporal_address")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        if ":" not in value:
+            raise ValueError("expected host:port")
+        return value
+
+    def config_key_list(self) -> list[str]:
+        if self.config_keys is None:
+            return []
+        return [k.strip() for k in self.config_keys.get_secret_value().split(",") if k.strip()]
+
+    def require_database_url(self) -> str:
+        if self.database_url is None or not self.database_url.get_secret_value():
+            raise InvalidConfigError(
+                "DROPZONE_DATABASE_URL is not set (start the embedded stack with "
+                "'dropzone dev' or point it at PostgreSQL)"
+            )
+        return self.database_url.get_secret_value()
+
+    def require_s3(self) -> str:
+        if not self.s3_endpoint_url:
+            raise InvalidConfigError("DROPZONE_S3_ENDPOINT_URL is not set")
+        return self.s3_endpoint_url
+
+    def database_label(self) -> str:
+        """host:port/dbname of the database, safe to print."""
+        if self.database_url is None:
+            return "(not configured)"
+        parts = urlsplit(self.database_url.get_secret_value())
+        return f"{parts.hostname}:{parts.port or 5432}{parts.path}"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Environment first, then the dev stack's env file if it exists."""
+    env_file = Path(_env_file())
+    if env_file.is_file():
+        return Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
+    return Settings(**overrides)  # type: ignore[arg-type]

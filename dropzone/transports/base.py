@@ -1,0 +1,429 @@
+"""One interface for every dropzone, and the delivery algorithm they share.
+
+``Dropzone`` is the port the activities use.  ``FileDropzoneBase`` implements
+the whole contract once (DESIGN section 4: idempotent, atomic delivery; ack
+listing, reading and moving; probing) on top of a few primitives that each
+transport provides (stat, write, hash, rename, remove, mkdir, read).  The
+transports convert their library's exceptions into ``dropzone.errors`` inside
+those primitives — one translation function per adapter — so the algorithm
+here only ever sees project errors.
+
+Confinement: every path is ``join(<configured directory>, name)`` where
+``name`` passed ``naming.is_safe_filename`` first (``[A-Za-z0-9._-]``, not
+starting with ``.``), so no name can climb out of the configured directories.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from types import ModuleType, TracebackType
+from typing import Literal, Protocol, runtime_checkable
+
+from dropzone import errors
+
+__all__ = [
+    "AckFile",
+    "AckFolder",
+    "DeliveryResult",
+    "Dropzone",
+    "FileDropzoneBase",
+    "ProbeResult",
+    "check_name",
+]
+
+AckFolder = Literal["processed", "error"]
+ProgressCallback = Callable[[int], None]
+
+HASH_CHUNK = 1024 * 1024
+PROBE_BODY = b"orderflow-dropzone probe: safe to delete\n"
+_MAX_SUFFIX = 1000
+
+
+@dataclass(frozen=True)
+class DeliveryResult:
+    path: str
+    already_present: bool
+    size_bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class AckFile:
+    name: str
+    kind: Literal["ack", "error"]
+    export_filename: str
+    size: int
+    mtime: float
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    ok: bool
+    detail: str
+    host_key_fingerprint: str | None = None
+
+
+@runtime_checkable
+class Dropzone(Protocol):
+    """An open session on one dropzone: a context manager, used by one thread at a time."""
+
+    def deliver(
+        self,
+        filename: str,
+        chunks: Iterable[bytes],
+        *,
+        size: int,
+        sha256: str,
+        token: str,
+        progress: ProgressCallback | None = None,
+    ) -> DeliveryResult: ...
+
+    def list_acks(self, export_filename: str) -> list[AckFile]: ...
+
+    def read_ack(self, name: str, *, max_bytes: int) -> bytes: ...
+
+    def move_ack(self, name: str, folder: AckFolder) -> str: ...
+
+    def probe(self) -> ProbeResult: ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Dropzone: ...
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+
+def naming() -> ModuleType:
+    # Imported lazily: dropzone.naming is owned elsewhere and only its API matters here.
+    from dropzone import naming as _naming
+
+    return _naming
+
+
+def check_name(name: str, *, what: str = "file name") -> str:
+    """Refuse any name that could escape its directory (raises InvalidConfigError)."""
+    if not isinstance(name, str) or not naming().is_safe_filename(name):
+        raise errors.InvalidConfigError(f"unsafe {what} {name!r}: only [A-Za-z0-9._-], not starting with '.'")
+    return name
+
+
+@dataclass(frozen=True)
+class StatResult:
+    size: int
+    mtime: float
+    is_dir: bool
+    is_file: bool
+
+
+class FileDropzoneBase(abc.ABC):
+    """The delivery/ack algorithm over transport primitives (see module docstring)."""
+
+    export_path: str
+    ack_path: str | None
+    atomic_write: bool
+    file_mode: int
+    label: str  # "sftp://user@host:port" or "file:///dir" — for messages, never a secret
+
+    # ----- primitives: every one raises only dropzone.errors -----
+
+    @abc.abstractmethod
+    def _join(self, directory: str, name: str) -> str: ...
+
+    @abc.abstractmethod
+    def _stat(self, path: str) -> StatResult | None:
+        """None when nothing exists at ``path``."""
+
+    @abc.abstractmethod
+    def _write_new(
+        self,
+        path: str,
+        chunks: Iterable[bytes],
+        *,
+        limit: int,
+        exclusive: bool,
+        progress: ProgressCallback | None,
+    ) -> tuple[int, str]:
+        """Create/truncate ``path`` (or create exclusively), write, apply file_mode, make durable.
+
+        Returns (bytes written, sha256 hex).  Raises IntegrityError as soon as
+        more than ``limit`` bytes arrive, DeliveryConflictError when ``exclusive``
+        and the file exists.  On any failure after creating the file it removes
+        that file (best effort) before raising.
+        """
+
+    @abc.abstractmethod
+    def _iter_file(self, path: str, chunk_size: int) -> Iterator[bytes]: ...
+
+    @abc.abstractmethod
+    def _read_prefix(self, path: str, max_bytes: int) -> bytes | None:
+        """At most ``max_bytes`` bytes; None when the file does not exist."""
+
+    @abc.abstractmethod
+    def _publish(self, tmp: str, final: str) -> bool:
+        """Atomically move tmp to final.  False if the transport could only do a
+        non-replacing rename and ``final`` appeared meanwhile (tmp left in place)."""
+
+    @abc.abstractmethod
+    def _rename_noreplace(self, src: str, dst: str) -> bool:
+        """Rename without ever overwriting: False when ``dst`` exists."""
+
+    @abc.abstractmethod
+    def _remove(self, path: str) -> None: ...
+
+    @abc.abstractmethod
+    def _mkdir(self, path: str) -> None:
+        """Create the directory; fine if it already exists."""
+
+    def _host_key_fingerprint(self) -> str | None:
+        return None
+
+    # ----- the contract -----
+
+    def deliver(
+        self,
+        filename: str,
+        chunks: Iterable[bytes],
+        *,
+        size: int,
+        sha256: str,
+        token: str,
+        progress: ProgressCallback | None = None,
+    ) -> DeliveryResult:
+        check_name(filename)
+        sha256 = sha256.lower()
+        if size < 0:
+            raise ValueError("size must be >= 0")
+        final = self._join(self.export_path, filename)
+
+        present = self._check_existing(final, size=size, sha256=sha256)
+        if present is not None:
+            return present
+
+        if not self.atomic_write:
+            return self._deliver_direct(final, chunks, size=size, sha256=sha256, progress=progress)
+
+        tmp_name = check_name(naming().tmp_name(filename, token), what="temporary file name")
+        tmp = self._join(self.export_path, tmp_name)
+        published = False
+        try:
+            written, digest = self._write_new(tmp, chunks, limit=size, exclusive=False, progress=progress)
+            self._verify_written(tmp, written=written, digest=digest, size=size, sha256=sha256)
+            published = self._publish(tmp, final)
+            if not published:
+                # Only a non-replacing rename was available and the final name appeared
+                # meanwhile (a racing execution): judge it exactly like step 1.
+                present = self._check_existing(final, size=size, sha256=sha256)
+                if present is None:  # vanished again: nothing sensible to do but retry
+                    raise errors.DropzoneUnavailableError(
+                        f"{self.label}: rename of {tmp} to {final} failed; will retry"
+                    )
+                return present
+        finally:
+            if not published:
+                self._remove_quietly(tmp)
+        return DeliveryResult(path=final, already_present=False, size_bytes=size, sha256=sha256)
+
+    def _deliver_direct(
+        self,
+        final: str,
+        chunks: Iterable[bytes],
+        *,
+        size: int,
+        sha256: str,
+        progress: ProgressCallback | None,
+    ) -> DeliveryResult:
+        # atomic_write=False is unsafe by design (the ERP may read a partial file);
+        # we still create exclusively, so the only file we ever remove is our own
+        # (_write_new removes what it created when the write itself fails).
+        try:
+            written, digest = self._write_new(final, chunks, limit=size, exclusive=True, progress=progress)
+        except errors.DeliveryConflictError:
+            present = self._check_existing(final, size=size, sha256=sha256)
+            if present is None:
+                raise
+            return present
+        try:
+            self._verify_written(final, written=written, digest=digest, size=size, sha256=sha256)
+        except errors.IntegrityError:
+            self._remove_quietly(final)
+            raise
+        return DeliveryResult(path=final, already_present=False, size_bytes=size, sha256=sha256)
+
+    def _verify_written(self, path: str, *, written: int, digest: str, size: int, sha256: str) -> None:
+        st = self._stat(path)
+        actual = st.size if st is not None else -1
+        if written != size or actual != size:
+            raise errors.IntegrityError(
+                f"{self.label}: {path}: wrote {written} bytes, file has {actual}, expected {size}"
+            )
+        if digest != sha256:
+            raise errors.IntegrityError(f"{self.label}: {path}: sha256 {digest} differs from expected {sha256}")
+
+    def _check_existing(self, final: str, *, size: int, sha256: str) -> DeliveryResult | None:
+        st = self._stat(final)
+        if st is None:
+            return None
+        if not st.is_file:
+            raise errors.DeliveryConflictError(f"{self.label}: {final} exists and is not a regular file")
+        if st.size != size:
+            raise errors.DeliveryConflictError(
+                f"{self.label}: {final} already exists with different content "
+                f"({st.size} bytes, expected {size}); not overwriting"
+            )
+        h = hashlib.sha256()
+        for block in self._iter_file(final, HASH_CHUNK):
+            h.update(block)
+        if h.hexdigest() != sha256:
+            raise errors.DeliveryConflictError(
+                f"{self.label}: {final} already exists with different content "
+                f"(sha256 {h.hexdigest()}, expected {sha256}); not overwriting"
+            )
+        return DeliveryResult(path=final, already_present=True, size_bytes=size, sha256=sha256)
+
+    def _remove_quietly(self, path: str) -> None:
+        try:
+            self._remove(path)
+        except errors.DropzoneError:
+            pass
+
+    # ----- acks -----
+
+    def _require_ack_path(self) -> str:
+        if not self.ack_path:
+            raise errors.InvalidConfigError(f"{self.label}: no ack_path configured")
+        return self.ack_path
+
+    def list_acks(self, export_filename: str) -> list[AckFile]:
+        ack_dir = self._require_ack_path()
+        check_name(export_filename)
+        nm = naming()
+        found: list[AckFile] = []
+        # Stat the two exact names instead of listing: ack directories grow large.
+        for kind, name in (("ack", nm.ack_name(export_filename)), ("error", nm.error_ack_name(export_filename))):
+            check_name(name)
+            st = self._stat(self._join(ack_dir, name))
+            if st is not None and st.is_file:
+                found.append(
+                    AckFile(name=name, kind=kind, export_filename=export_filename, size=st.size, mtime=st.mtime)
+                )
+        return found
+
+    def read_ack(self, name: str, *, max_bytes: int) -> bytes:
+        ack_dir = self._require_ack_path()
+        check_name(name)
+        if max_bytes < 0:
+            raise ValueError("max_bytes must be >= 0")
+        path = self._join(ack_dir, name)
+        data = self._read_prefix(path, max_bytes + 1)
+        if data is None:
+            raise errors.AckNotYetAvailable(f"{self.label}: ack file {path} disappeared before it was read")
+        return data
+
+    def move_ack(self, name: str, folder: AckFolder) -> str:
+        ack_dir = self._require_ack_path()
+        check_name(name)
+        nm = naming()
+        dirs = {"processed": nm.PROCESSED_DIR, "error": nm.ERROR_DIR}
+        if folder not in dirs:
+            raise ValueError(f"folder must be 'processed' or 'error', not {folder!r}")
+        src = self._join(ack_dir, name)
+        target_dir = self._join(ack_dir, check_name(dirs[folder], what="folder name"))
+        self._mkdir(target_dir)
+        first = self._join(target_dir, name)
+        if self._stat(src) is None:
+            # A retried activity whose first try already moved the file: same result.
+            if self._stat(first) is not None:
+                return first
+            raise errors.MissingDirectoryError(f"{self.label}: ack file {src} does not exist")
+        for n in range(_MAX_SUFFIX):
+            candidate = first if n == 0 else self._join(target_dir, check_name(f"{name}.{n}"))
+            if self._rename_noreplace(src, candidate):
+                return candidate
+        raise errors.DeliveryConflictError(f"{self.label}: no free name for {name} in {target_dir}")
+
+    # ----- probe -----
+
+    def probe(self) -> ProbeResult:
+        """Write, read back and delete a ``*.tmp`` probe file (the ERP ignores ``*.tmp``).
+
+        Permanent problems (permission denied, missing directory, …) come back as
+        ``ok=False`` with the error code in ``detail``; transient ones are raised.
+        """
+        fingerprint = self._host_key_fingerprint()
+        name = f"dropzone_probe_{uuid.uuid4().hex}.tmp"
+        path = self._join(self.export_path, name)
+        try:
+            written = False
+            try:
+                self._write_new(path, [PROBE_BODY], limit=len(PROBE_BODY), exclusive=True, progress=None)
+                written = True
+                back = self._read_prefix(path, len(PROBE_BODY) + 1)
+            finally:
+                if written:
+                    self._remove(path)
+            if back != PROBE_BODY:
+                return ProbeResult(False, f"{self.label}: probe file {path} read back different bytes", fingerprint)
+            detail = f"{self.label}: wrote, read back and deleted a probe file in {self.export_path}"
+            if self.ack_path:
+                st = self._stat(self.ack_path)
+                if st is None or not st.is_dir:
+                    raise errors.MissingDirectoryError(f"{self.label}: ack_path {self.ack_path} is not a directory")
+                detail += f"; ack_path {self.ack_path} exists"
+            return ProbeResult(True, detail, fingerprint)
+        except errors.PermanentError as exc:
+            return ProbeResult(False, f"{exc.code}: {exc.message}", fingerprint)
+
+    # ----- context manager -----
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    def __enter__(self) -> FileDropzoneBase:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class HashingLimiter:
+    """Hashes and counts chunks on their way to the writer; stops past ``limit`` bytes."""
+
+    def __init__(self, limit: int, label: str, path: str, progress: ProgressCallback | None) -> None:
+        self.limit = limit
+        self.count = 0
+        self._h = hashlib.sha256()
+        self._label = label
+        self._path = path
+        self._progress = progress
+
+    def feed(self, chunk: bytes) -> bytes:
+        if not isinstance(chunk, (bytes, bytearray, memoryview)):
+            raise TypeError("chunks must be bytes")
+        self.count += len(chunk)
+        if self.count > self.limit:
+            raise errors.IntegrityError(
+                f"{self._label}: {self._path}: source yielded more than the expected {self.limit} bytes"
+            )
+        self._h.update(chunk)
+        return bytes(chunk) if not isinstance(chunk, bytes) else chunk
+
+    def done(self, written: int) -> None:
+        if self._progress is not None:
+            self._progress(written)
+
+    def hexdigest(self) -> str:
+        return self._h.hexdigest()

@@ -1,0 +1,63 @@
+"""Timeouts and retry policies of ExportOrderWorkflow, named in one place.
+
+Whether an error is retried at all is decided by the error itself
+(``dropzone.errors``: activities raise non-retryable ApplicationErrors for
+permanent faults); these policies only say how often and how long.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio.common import RetryPolicy, SearchAttributeKey
+
+TASK_QUEUE = "erp-exports"
+WORKFLOW_TYPE = "ExportOrderWorkflow"
+WORKFLOW_ID_PREFIX = "erp-export-"
+
+# Search attributes (Keyword) the UI filters on; registered by the dev stack and
+# by `temporal operator search-attribute create` on a cluster.
+SA_ORG_ID = SearchAttributeKey.for_keyword("OrgId")
+SA_DRAFT_ORDER_ID = SearchAttributeKey.for_keyword("DraftOrderId")
+SA_EXPORT_STATUS = SearchAttributeKey.for_keyword("ExportStatus")
+SEARCH_ATTRIBUTES = (SA_ORG_ID, SA_DRAFT_ORDER_ID, SA_EXPORT_STATUS)
+
+# Database and object-storage steps are short; a transient outage (server
+# restarting) is ridden out with backoff for up to a day before the attempt fails.
+LEDGER_TIMEOUT = timedelta(seconds=30)
+LEDGER_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=30),
+)
+TRANSIENT_GIVE_UP_AFTER = timedelta(days=1)
+
+RENDER_TIMEOUT = timedelta(minutes=10)
+
+# Delivery streams the object to the dropzone and heartbeats while it does, so
+# a stalled server is detected by the heartbeat timeout, not the long overall one.
+DELIVER_TIMEOUT = timedelta(minutes=30)
+DELIVER_HEARTBEAT_TIMEOUT = timedelta(seconds=30)
+DELIVER_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=60),
+)
+
+# Ack polling: each poll is one short activity attempt that raises ACK_PENDING
+# when nothing is there; Temporal's retry schedule is the poll loop, so the wait
+# adds no history events until the ack arrives (samples-python polling/infrequent).
+ACK_POLL_TIMEOUT = timedelta(seconds=60)
+
+
+def ack_poll_retry(poll_interval_seconds: int) -> RetryPolicy:
+    interval = timedelta(seconds=max(1, poll_interval_seconds))
+    return RetryPolicy(initial_interval=interval, backoff_coefficient=1.0, maximum_interval=interval)
+
+
+# A FAILED export waits this long for an operator's `retry` signal, then the run closes.
+RETRY_SIGNAL_WINDOW = timedelta(days=30)
+
+
+def workflow_id_for(draft_order_id: object) -> str:
+    return f"{WORKFLOW_ID_PREFIX}{draft_order_id}"
