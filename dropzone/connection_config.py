@@ -54,7 +54,9 @@ _FINGERPRINT_RE = re.compile(r"^SHA256:[A-Za-z0-9+/]{43}=?$")
 _KEY_TYPE_RE = re.compile(r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|ssh-ed448)$")
 _PEM_RE = re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----")
 _HOST_RE = re.compile(r"^[A-Za-z0-9._:\-\[\]%]+$")
-_USER_RE = re.compile(r"^[^\s\x00-\x1f\x7f:@/]+$")
+# Usernames vary widely (user@domain, DOMAIN\user, account.user): refuse only what
+# cannot be a name at all.
+_USER_RE = re.compile(r"^[^\x00-\x1f\x7f]+$")
 
 
 def _clean_path(value: str, *, posix: bool) -> str:
@@ -159,8 +161,8 @@ class SftpConfig(_Base):
     @field_validator("username")
     @classmethod
     def _username(cls, value: str) -> str:
-        if not _USER_RE.match(value):
-            raise ValueError("must not contain whitespace, control characters, ':', '@' or '/'")
+        if not _USER_RE.match(value) or value != value.strip():
+            raise ValueError("must not contain control characters or surrounding spaces")
         return value
 
     @field_validator("host_key")
@@ -269,11 +271,12 @@ def parse_connection_config(data: Any) -> SftpConfig | FilesystemConfig:
         return _ADAPTER.validate_python(data)
     except ValidationError as exc:
         problems = {_describe_error(e) for e in exc.errors(include_input=False, include_url=False)}
-        # The "password or ssh_key" rule runs only once every field is valid; name it anyway.
-        if data.get("mode") == "sftp" and not data.get("password") and not data.get("ssh_key"):
-            problems.add("config: sftp needs a password or an ssh_key (or both)")
-        problems = sorted(problems)
-        raise InvalidConfigError("invalid connection config: " + "; ".join(problems)) from None
+    # Raised outside the except block so the ValidationError (whose text quotes the
+    # input, secrets included) is not even kept as __context__.
+    # The "password or ssh_key" rule runs only once every field is valid; name it anyway.
+    if data.get("mode") == "sftp" and not data.get("password") and not data.get("ssh_key"):
+        problems.add("config: sftp needs a password or an ssh_key (or both)")
+    raise InvalidConfigError("invalid connection config: " + "; ".join(sorted(problems)))
 
 
 def config_to_storable(cfg: SftpConfig | FilesystemConfig) -> dict[str, Any]:

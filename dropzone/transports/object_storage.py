@@ -34,6 +34,7 @@ MULTIPART_THRESHOLD = 16 * 1024 * 1024
 PART_SIZE = 16 * 1024 * 1024  # >= 5 MiB (S3 minimum); one part is held in memory at a time
 DEFAULT_CHUNK = 1024 * 1024
 KEY_PREFIX = "exports/"
+KEY_PREFIXES = (KEY_PREFIX, "drafts/")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
@@ -67,18 +68,19 @@ class ObjectInfo:
 
 
 def validate_key(key: str) -> str:
-    """Keys live under ``exports/`` and cannot contain ``..``, NUL or control characters."""
+    """Keys live under ``exports/`` (rendered files) or ``drafts/`` (drafts too large
+    for a Temporal payload) and cannot contain ``..``, NUL or control characters."""
+    prefix = next((p for p in KEY_PREFIXES if isinstance(key, str) and key.startswith(p)), None)
     if (
-        not isinstance(key, str)
-        or not key.startswith(KEY_PREFIX)
-        or len(key) == len(KEY_PREFIX)
+        prefix is None
+        or len(key) == len(prefix)
         or ".." in key
         or _CONTROL.search(key)
         or "//" in key
         or len(key.encode("utf-8")) > 1024
     ):
         raise errors.InvalidConfigError(
-            f"invalid object key {key!r}: must start with {KEY_PREFIX!r}, without '..' or control characters"
+            f"invalid object key {key!r}: must start with one of {KEY_PREFIXES}, without '..' or control characters"
         )
     return key
 

@@ -173,26 +173,34 @@ def _key_type_candidates(host: str, port: int, pin: str | None) -> list[tuple[st
 
 
 def load_private_key(text: str, passphrase: str | None = None) -> paramiko.PKey:
-    """ed25519, RSA or ECDSA key from OpenSSH or PEM text; InvalidConfigError otherwise."""
+    """ed25519, RSA or ECDSA key from OpenSSH or PEM text; InvalidConfigError otherwise.
+
+    Errors are raised outside the ``except`` blocks: the library exceptions are
+    not kept even as ``__context__`` (they could quote key bytes).
+    """
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
     data = text.encode("utf-8")
     pw = passphrase.encode("utf-8") if passphrase else None
+    problem: str | None = None
+    loaded: Any = None
     try:
         try:
-            loaded: Any = serialization.load_ssh_private_key(data, password=pw)
+            loaded = serialization.load_ssh_private_key(data, password=pw)
         except ValueError:
             loaded = serialization.load_pem_private_key(data, password=pw)
     except TypeError:
         # cryptography: "password was not given but key is encrypted" or the reverse
-        if passphrase:
-            raise errors.InvalidConfigError("ssh_key is not encrypted but ssh_key_passphrase is set") from None
-        raise errors.InvalidConfigError("ssh_key is encrypted: ssh_key_passphrase is required") from None
-    except (ValueError, paramiko.SSHException, Exception):  # never chain: messages may quote key bytes
-        raise errors.InvalidConfigError(
-            "ssh_key could not be loaded (wrong ssh_key_passphrase or unsupported key format)"
-        ) from None
+        problem = (
+            "ssh_key is not encrypted but ssh_key_passphrase is set"
+            if passphrase
+            else "ssh_key is encrypted: ssh_key_passphrase is required"
+        )
+    except Exception:
+        problem = "ssh_key could not be loaded (wrong ssh_key_passphrase or unsupported key format)"
+    if problem is not None:
+        raise errors.InvalidConfigError(problem)
     if isinstance(loaded, rsa.RSAPrivateKey):
         cls: type[paramiko.PKey] = paramiko.RSAKey
     elif isinstance(loaded, ed25519.Ed25519PrivateKey):
@@ -201,10 +209,14 @@ def load_private_key(text: str, passphrase: str | None = None) -> paramiko.PKey:
         cls = paramiko.ECDSAKey
     else:
         raise errors.InvalidConfigError("ssh_key has an unsupported key type (use ed25519, RSA or ECDSA)")
+    key: paramiko.PKey | None = None
     try:
-        return cls.from_private_key(io.StringIO(text), password=passphrase)
+        key = cls.from_private_key(io.StringIO(text), password=passphrase)
     except Exception:
-        raise errors.InvalidConfigError("ssh_key could not be loaded by the SSH library") from None
+        pass
+    if key is None:
+        raise errors.InvalidConfigError("ssh_key could not be loaded by the SSH library")
+    return key
 
 
 # ---------------------------------------------------------------------------
@@ -460,6 +472,8 @@ def _negotiate_verified(config: SftpConfig, url: str) -> tuple[paramiko.Transpor
         presented = f"{fingerprint} ({_key_family(key.get_name())})"
         if presented not in seen:
             seen.append(presented)
+        if not pin.startswith("SHA256:"):
+            break  # a key line names its family: the server's key of that family differs
     raise errors.HostKeyError(
         f"{url}: host key mismatch: server presented {', '.join(seen) or 'no usable key'}, which does "
         "not match the pinned host_key; the server may have been replaced or re-keyed",
@@ -615,6 +629,13 @@ class SftpDropzone(FileDropzoneBase):
             if isinstance(translated, errors.TransientError) and not isinstance(exc, SftpStatusError):
                 session.broken = True  # the connection, not the file system, failed
             raise translated from exc
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        # Anything but a project error (a bug, a cancellation raised from the progress
+        # callback mid-packet) may have left the SFTP stream out of sync: never reuse it.
+        if exc_type is not None and not issubclass(exc_type, errors.DropzoneError) and self._session is not None:
+            self._session.broken = True
+        self.close()
 
     def close(self) -> None:
         session, self._session = self._session, None

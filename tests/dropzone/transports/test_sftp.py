@@ -403,6 +403,37 @@ def test_unroutable_connect_times_out():
         SftpDropzone.connect(cfg)
 
 
+def test_silent_server_times_out_within_connect_timeout():
+    # Accepts TCP but never sends an SSH banner: only the banner/handshake timeouts end it.
+    import socket
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(5)
+        cfg = parse_connection_config(
+            {
+                "mode": "sftp",
+                "host": "127.0.0.1",
+                "port": listener.getsockname()[1],
+                "username": "u",
+                "password": "p",
+                "host_key": "SHA256:" + "A" * 43,
+                "export_path": "/x",
+                "connect_timeout_seconds": 1,
+            }
+        )
+        started = time.monotonic()
+        with pytest.raises(errors.DropzoneUnavailableError):
+            SftpDropzone.connect(cfg)
+        assert time.monotonic() - started < 3
+
+
+def test_usernames_with_at_sign_are_accepted_by_config(sftp_server):
+    cfg = parse_connection_config(sftp_server.config(username="orders@erp.example.com"))
+    with pytest.raises(errors.AuthenticationError, match="sftp://orders@erp.example.com@"):
+        SftpDropzone.connect(cfg)
+
+
 def test_server_stopped_mid_delivery_then_retry_succeeds(sftp_server, sftp_pool):
     data = body_of(8 * 1024 * 1024)
     cfg = parse_connection_config(sftp_server.config(operation_timeout_seconds=5))
@@ -428,3 +459,25 @@ def test_server_stopped_mid_delivery_then_retry_succeeds(sftp_server, sftp_pool)
     assert result.already_present is False
     assert sftp_server.local_path(result.path).read_bytes() == data
     assert listing(sftp_server, cfg.export_path) == [FILENAME]
+
+
+def test_disk_full_is_transient_and_write_errors_are_not_lost(sftp_server):
+    # A pipelined write that fails (ENOSPC) must surface, not vanish in the pipeline.
+    import subprocess
+
+    local, remote = sftp_server.make_dirs()
+    mnt = local / "full"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,mode=0777", "tmpfs", str(mnt)], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root / CAP_SYS_ADMIN)")
+    try:
+        data = body_of(2 * 1024 * 1024)
+        with connect(sftp_server, export_path=f"{remote}/full") as dz:
+            with pytest.raises(errors.DropzoneUnavailableError) as info:
+                deliver(dz, data, chunk=1 << 20)
+            assert info.value.retryable
+            assert os.listdir(mnt) == []  # tmp removed
+            assert deliver(dz, b"{}", name="small.json").already_present is False  # session still fine
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
