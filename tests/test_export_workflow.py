@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import time
 import uuid
+from datetime import timedelta
 
 import pytest
 from temporalio.api.enums.v1 import EventType
@@ -14,7 +15,13 @@ from temporalio.client import Client
 
 from dropzone.export_v1 import render_export, validate_draft
 from starter.api import export_handle, retry_export, start_export
-from tests.helpers import ack_body, error_body, make_draft, wait_for_state, write_ack_atomically
+from tests.helpers import (
+    ack_body,
+    error_body,
+    make_draft,
+    wait_for_state,
+    write_ack_atomically,
+)
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -203,3 +210,24 @@ async def test_activity_types_in_history(client: Client, run_worker, target_with
         if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
     ]
     assert scheduled == ["open_attempt", "render_and_store", "deliver"]
+
+
+async def test_ack_timeout_on_time_skipping_server(time_skipping_env, run_worker, fs_target, ledger):
+    """Waiting ten minutes for an ack takes seconds; the export ends FAILED with ACK_TIMEOUT."""
+    from dropzone.connection_config import config_to_storable, parse_connection_config
+
+    target = fs_target
+    config = parse_connection_config({**target.config, "poll_interval_seconds": 60, "ack_timeout_seconds": 600})
+    ledger.update_connection_config(target.connection_id, config_to_storable(config))
+    client = time_skipping_env.client
+    draft = make_draft(org_id=target.org_id)
+    async with run_worker(client) as queue:
+        await start_export(client, erp_connection_id=target.connection_id, draft=draft, task_queue=queue)
+        await wait_for_state(client, draft["draft_order_id"], lambda s: s.waiting_for == "ack")
+        await time_skipping_env.sleep(timedelta(seconds=700))  # past the ack timeout, in no real time
+        state = await wait_for_state(client, draft["draft_order_id"], lambda s: s.status == "FAILED")
+        history = await export_handle(client, draft["draft_order_id"]).fetch_history()
+    assert state.last_error is not None and state.last_error.code == "ACK_TIMEOUT"
+    row = ledger.get_export(state.export_id)
+    assert row.status == "FAILED" and row.error_json["code"] == "ACK_TIMEOUT"
+    assert len(history.events) < 60

@@ -11,7 +11,12 @@ import asyncio
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError, TimeoutType
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    TimeoutError,
+    TimeoutType,
+)
 
 with workflow.unsafe.imports_passed_through():
     from activities.acks import AckActivities
@@ -33,7 +38,12 @@ with workflow.unsafe.imports_passed_through():
         RenderInput,
         RetryRequest,
     )
-    from dropzone.errors import ACK_TIMEOUT, ACTIVITY_TIMEOUT, DropzoneError
+    from dropzone.errors import (
+        ACK_TIMEOUT,
+        ACTIVITY_TIMEOUT,
+        AckNotYetAvailable,
+        DropzoneError,
+    )
     from dropzone.export_v1 import validate_draft
 
 from workflows import policies
@@ -227,8 +237,13 @@ class ExportOrderWorkflow:
         return poll.result()
 
     def _ack_error(self, err: ActivityError) -> ErrorInfo:
+        # The poll's schedule-to-close timeout is the ack timeout. When the next
+        # retry would not fit, Temporal fails the activity with the last attempt's
+        # ACK_PENDING rather than a timeout; both mean the ERP never answered.
         cause = err.cause
-        if isinstance(cause, TimeoutError) and cause.type == TimeoutType.SCHEDULE_TO_CLOSE and self._waiting_for == "ack":
+        timed_out = isinstance(cause, TimeoutError) and cause.type == TimeoutType.SCHEDULE_TO_CLOSE
+        still_pending = isinstance(cause, ApplicationError) and cause.type == AckNotYetAvailable.code
+        if self._waiting_for == "ack" and (timed_out or still_pending):
             return ErrorInfo(code=ACK_TIMEOUT, message="no ack or error file arrived within the ack timeout")
         return error_info_from(err)
 

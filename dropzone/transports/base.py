@@ -16,6 +16,7 @@ starting with ``.``), so no name can climb out of the configured directories.
 from __future__ import annotations
 
 import abc
+import contextlib
 import hashlib
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -80,15 +81,34 @@ class Dropzone(Protocol):
         sha256: str,
         token: str,
         progress: ProgressCallback | None = None,
-    ) -> DeliveryResult: ...
+    ) -> DeliveryResult:
+        """Idempotent, atomic delivery of ``size`` bytes hashing to ``sha256`` (DESIGN 4).
 
-    def list_acks(self, export_filename: str) -> list[AckFile]: ...
+        The final name already holding the same bytes → ``already_present=True``;
+        different bytes → ``DeliveryConflictError``; bytes that do not match
+        ``size``/``sha256`` → ``IntegrityError`` and nothing left behind.
+        ``token`` ([a-z0-9]{1,32}) makes the ``.tmp`` name unique per execution;
+        ``progress`` gets the cumulative byte count after every chunk (and may
+        raise, e.g. a cancellation, to stop the transfer).
+        """
+        ...
 
-    def read_ack(self, name: str, *, max_bytes: int) -> bytes: ...
+    def list_acks(self, export_filename: str) -> list[AckFile]:
+        """``ack_<f>`` / ``error_<f>`` present in ack_path (exact names: never ``*.tmp``)."""
+        ...
 
-    def move_ack(self, name: str, folder: AckFolder) -> str: ...
+    def read_ack(self, name: str, *, max_bytes: int) -> bytes:
+        """At most ``max_bytes + 1`` bytes, so a caller can tell "too large"."""
+        ...
 
-    def probe(self) -> ProbeResult: ...
+    def move_ack(self, name: str, folder: AckFolder) -> str:
+        """Move into ``<ack_path>/processed|error`` (created if missing); a numeric
+        suffix instead of overwriting; idempotent when retried.  Returns the new path."""
+        ...
+
+    def probe(self) -> ProbeResult:
+        """Write, read back and delete a ``*.tmp`` probe file; check ack_path exists."""
+        ...
 
     def close(self) -> None: ...
 
@@ -290,10 +310,8 @@ class FileDropzoneBase(abc.ABC):
         return DeliveryResult(path=final, already_present=True, size_bytes=size, sha256=sha256)
 
     def _remove_quietly(self, path: str) -> None:
-        try:
+        with contextlib.suppress(errors.DropzoneError):
             self._remove(path)
-        except errors.DropzoneError:
-            pass
 
     # ----- acks -----
 

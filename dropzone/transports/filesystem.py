@@ -120,10 +120,9 @@ class FilesystemDropzone(FileDropzoneBase):
         return hasher.count, hasher.hexdigest()
 
     def _iter_file(self, path: str, chunk_size: int) -> Iterator[bytes]:
-        with self._os("read", path):
-            with open(path, "rb") as f:
-                while block := f.read(chunk_size):
-                    yield block
+        with self._os("read", path), open(path, "rb") as f:
+            while block := f.read(chunk_size):
+                yield block
 
     def _read_prefix(self, path: str, max_bytes: int) -> bytes | None:
         with self._os("read", path):
@@ -162,11 +161,8 @@ class FilesystemDropzone(FileDropzoneBase):
         return True
 
     def _remove(self, path: str) -> None:
-        with self._os("remove", path):
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
+        with self._os("remove", path), contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
 
     def _mkdir(self, path: str) -> None:
         with self._os("create directory", path):

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import re
 from collections.abc import Iterable, Iterator
@@ -296,10 +297,9 @@ class ObjectStore:
             completed = True
         finally:
             if not completed:
-                try:
+                # Best effort: a bucket lifecycle rule cleans up what an abort misses.
+                with contextlib.suppress(Exception):
                     self._client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
-                except Exception:  # best effort: a lifecycle rule cleans up the rest
-                    pass
 
     def head(self, key: str) -> ObjectInfo | None:
         validate_key(key)

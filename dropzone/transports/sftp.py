@@ -210,10 +210,8 @@ def load_private_key(text: str, passphrase: str | None = None) -> paramiko.PKey:
     else:
         raise errors.InvalidConfigError("ssh_key has an unsupported key type (use ed25519, RSA or ECDSA)")
     key: paramiko.PKey | None = None
-    try:
+    with contextlib.suppress(Exception):
         key = cls.from_private_key(io.StringIO(text), password=passphrase)
-    except Exception:
-        pass
     if key is None:
         raise errors.InvalidConfigError("ssh_key could not be loaded by the SSH library")
     return key
@@ -432,7 +430,7 @@ def _negotiate(
             opts.key_types = tuple(k for k in key_types if k in transport._key_info)
         transport.start_client(timeout=timeout)
         if not transport.is_active() or transport.host_key is None:
-            raise socket.timeout("SSH negotiation did not finish")
+            raise TimeoutError("SSH negotiation did not finish")
         return transport
     except BaseException:
         transport.close()

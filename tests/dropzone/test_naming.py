@@ -118,7 +118,7 @@ def test_dirs() -> None:
         f"ack_..\\{NAME}",
         f"ack_{NAME}\x00",
         f"ack_{NAME}\n",
-        f"ack_x\ty",
+        "ack_x\ty",
         f"ACK_{NAME}",
         f" ack_{NAME}",
         f"ack_ {NAME}",

@@ -322,9 +322,8 @@ def test_probe_reports_missing_ack_path(sftp_server):
 def test_ack_methods_need_ack_path(sftp_server):
     cfg = sftp_server.config()
     cfg.pop("ack_path")
-    with SftpDropzone.connect(parse_connection_config(cfg)) as dz:
-        with pytest.raises(errors.InvalidConfigError, match="ack_path"):
-            dz.list_acks(FILENAME)
+    with SftpDropzone.connect(parse_connection_config(cfg)) as dz, pytest.raises(errors.InvalidConfigError, match="ack_path"):
+        dz.list_acks(FILENAME)
 
 
 # ----- pool -----
@@ -355,6 +354,34 @@ def test_pool_reuses_and_replaces_dead_connections(sftp_server, sftp_pool: SftpC
     with open_dropzone(cfg, pool=sftp_pool) as dz:
         assert dz.probe().ok
     assert sftp_pool.reused == 2
+
+
+def test_pool_survives_a_server_restart(sftp_server, sftp_pool):
+    cfg = parse_connection_config(sftp_server.config())
+    with sftp_pool.acquire(cfg) as dz:
+        deliver(dz, b"{}", name="before.json")
+    sftp_server.stop()
+    sftp_server.start()
+    with sftp_pool.acquire(cfg) as dz:
+        deliver(dz, b"{}", name="after.json")
+    assert (sftp_pool.created, sftp_pool.reused, sftp_pool.discarded) == (2, 0, 1)
+
+
+def test_pool_concurrent_threads_get_their_own_connections(sftp_server, sftp_pool):
+    from concurrent.futures import ThreadPoolExecutor
+
+    cfg = parse_connection_config(sftp_server.config())
+    data = body_of(2 * 1024 * 1024)
+
+    def work(i: int) -> bool:
+        with sftp_pool.acquire(cfg) as dz:
+            return deliver(dz, data, name=f"file{i}.json", chunk=1 << 20).already_present
+
+    with ThreadPoolExecutor(4) as ex:
+        assert list(ex.map(work, range(12))) == [False] * 12
+    assert 1 <= sftp_pool.created <= 4 and sftp_pool.created + sftp_pool.reused == 12
+    local = sftp_server.local_path(cfg.export_path)
+    assert all((local / f"file{i}.json").read_bytes() == data for i in range(12))
 
 
 def test_pool_idle_expiry_and_bounds(sftp_server):
@@ -446,9 +473,8 @@ def test_server_stopped_mid_delivery_then_retry_succeeds(sftp_server, sftp_pool)
 
     try:
         started = time.monotonic()
-        with pytest.raises(errors.DropzoneUnavailableError):
-            with sftp_pool.acquire(cfg) as dz:
-                dz.deliver(FILENAME, source(), size=len(data), sha256=sha(data), token="tok1")
+        with pytest.raises(errors.DropzoneUnavailableError), sftp_pool.acquire(cfg) as dz:
+            dz.deliver(FILENAME, source(), size=len(data), sha256=sha(data), token="tok1")
         assert time.monotonic() - started < 8
         assert sftp_pool.idle_count() == 0  # the broken connection was not pooled
     finally:
