@@ -7,6 +7,7 @@ finish (graceful shutdown) before closing its connection pools.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -135,13 +136,19 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    code = 0
     try:
         asyncio.run(run_worker(load_settings()))
     except DropzoneError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
-        raise SystemExit(2) from None
+        code = 2
     except KeyboardInterrupt:
         pass
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Skip interpreter finalisation: Temporal's core threads can abort it
+    # (temporalio/sdk-python#300) after a clean, drained shutdown.
+    os._exit(code)
 
 
 if __name__ == "__main__":

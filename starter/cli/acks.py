@@ -1,0 +1,3 @@
+"""`dropzone acks …`: ack files that were rejected (malformed, unknown export, contradictory)."""
+
+from __future__ import annotations
