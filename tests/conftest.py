@@ -52,8 +52,9 @@ def add_connection(ledger: Ledger, org_id: uuid.UUID, config: dict[str, Any]) ->
 def make_target(kind: str, request: pytest.FixtureRequest, ledger: Ledger, tmp_path: Path, *, with_acks: bool = True) -> Target:
     org_id = uuid.uuid4()
     if kind == "filesystem":
-        export_dir, ack_dir = tmp_path / "export", tmp_path / "ack"
-        export_dir.mkdir()
+        base = tmp_path / f"dropzone-{org_id.hex[:8]}"
+        export_dir, ack_dir = base / "export", base / "ack"
+        export_dir.mkdir(parents=True)
         ack_dir.mkdir()
         config: dict[str, Any] = {"mode": "filesystem", "export_path": str(export_dir), "ack_path": str(ack_dir)}
     else:

@@ -1,0 +1,80 @@
+"""Determinism guard: histories of finished runs replay against today's workflow code.
+
+`tests/data/histories/*.json` are histories recorded from real runs of earlier
+versions (regenerate with `DROPZONE_RECORD_HISTORIES=1 pytest tests/test_replay.py`
+only when a change is meant to break compatibility, together with a versioning
+plan for runs in flight). A change that makes the workflow issue different
+commands for an old history fails here, before it can break running exports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import pytest
+from temporalio.client import WorkflowHistory
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Replayer
+
+from starter.api import export_handle, retry_export, start_export
+from tests.helpers import ack_body, error_body, make_draft, wait_for_state, write_ack_atomically
+from workflows.export_order import ExportOrderWorkflow
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+HISTORIES = Path(__file__).parent / "data" / "histories"
+RECORD = os.environ.get("DROPZONE_RECORD_HISTORIES") == "1"
+
+
+def recorded_histories() -> list[Path]:
+    return sorted(HISTORIES.glob("*.json"))
+
+
+def test_history_fixtures_exist():
+    names = {p.stem for p in recorded_histories()}
+    assert {"acked", "rejected_then_retried_acked", "sent_without_ack_path"} <= names
+
+
+@pytest.mark.parametrize("path", recorded_histories(), ids=lambda p: p.stem)
+async def test_recorded_history_replays(path: Path):
+    history = WorkflowHistory.from_json(f"erp-export-{path.stem}", path.read_text(encoding="utf-8"))
+    replayer = Replayer(workflows=[ExportOrderWorkflow], data_converter=pydantic_data_converter)
+    await replayer.replay_workflow(history)
+
+
+async def _finish_and_capture(client, did: str, name: str) -> None:  # type: ignore[no-untyped-def]
+    handle = export_handle(client, did)
+    history = await handle.fetch_history()
+    replayer = Replayer(workflows=[ExportOrderWorkflow], data_converter=pydantic_data_converter)
+    await replayer.replay_workflow(history)
+    if RECORD:
+        HISTORIES.mkdir(parents=True, exist_ok=True)
+        (HISTORIES / f"{name}.json").write_text(history.to_json(), encoding="utf-8")
+
+
+async def test_fresh_histories_replay(client, run_worker, fs_target, target_without_acks):
+    """Today's runs replay too (and are what DROPZONE_RECORD_HISTORIES=1 records)."""
+    acked = make_draft(org_id=fs_target.org_id)
+    retried = make_draft(org_id=fs_target.org_id)
+    sent = make_draft(org_id=target_without_acks.org_id)
+    async with run_worker(client) as queue:
+        for draft, target in ((acked, fs_target), (retried, fs_target), (sent, target_without_acks)):
+            await start_export(client, erp_connection_id=target.connection_id, draft=draft, task_queue=queue)
+
+        state = await wait_for_state(client, acked["draft_order_id"], lambda s: s.waiting_for == "ack")
+        write_ack_atomically(fs_target.ack_dir, f"ack_{state.filename}", ack_body("SO-R1"))
+
+        state = await wait_for_state(client, retried["draft_order_id"], lambda s: s.waiting_for == "ack")
+        write_ack_atomically(fs_target.ack_dir, f"error_{state.filename}", error_body())
+        await wait_for_state(client, retried["draft_order_id"], lambda s: s.status == "FAILED")
+        await retry_export(client, retried["draft_order_id"])
+        state = await wait_for_state(client, retried["draft_order_id"], lambda s: s.attempt == 2 and s.waiting_for == "ack")
+        write_ack_atomically(fs_target.ack_dir, f"ack_{state.filename}", ack_body("SO-R2"))
+
+        for draft in (acked, retried, sent):
+            await asyncio.wait_for(export_handle(client, draft["draft_order_id"]).result(), 30)
+    await _finish_and_capture(client, acked["draft_order_id"], "acked")
+    await _finish_and_capture(client, retried["draft_order_id"], "rejected_then_retried_acked")
+    await _finish_and_capture(client, sent["draft_order_id"], "sent_without_ack_path")
