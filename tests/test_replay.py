@@ -32,7 +32,7 @@ def recorded_histories() -> list[Path]:
     return sorted(HISTORIES.glob("*.json"))
 
 
-def test_history_fixtures_exist():
+async def test_history_fixtures_exist():
     names = {p.stem for p in recorded_histories()}
     assert {"acked", "rejected_then_retried_acked", "sent_without_ack_path"} <= names
 
