@@ -5,24 +5,52 @@ Temporal's retry schedule is the polling loop and waiting costs no history.
 Each step is safe to repeat: the ledger transition is conditional and the ack
 file is moved only after the ledger has recorded it, so a crash between the two
 re-reads the same file and records nothing twice.
+
+Every ack file that is refused goes to ``<ack_path>/error/`` AND into the
+``erp_ack_rejection`` table (``dropzone acks rejected``), so an operator sees
+it without browsing the dropzone:
+
+* malformed (``dropzone.acks.parse_ack`` says why), oversized (judged from the
+  file size, without reading it), or both ``ack_`` and ``error_`` for one
+  export (the ERP contradicts itself; neither is trusted);
+* found by the sweep: while polling one export, the other ack files in the
+  same directory are looked at (at most once per poll interval per connection
+  and worker), and those for a file this ledger never wrote, or for an export
+  that finished long ago, are moved once they are older than
+  ``SWEEP_GRACE_POLLS`` poll intervals — so an ack for an export being opened
+  right now, or one its own poll is about to take, is never stolen.
+
+An ack still being written is left for the next poll: a file is only read when
+its mtime is ``SETTLE_SECONDS`` old, or when a second look ``SECOND_LOOK_SECONDS``
+later sees the same size and mtime (the ERP's clock may differ from ours).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
+from collections.abc import Callable
+from uuid import UUID
 
 from temporalio import activity
 
 from activities.failures import translate_errors
+from activities.telemetry import ack_rejected
 from dropzone import naming
 from dropzone.acks import MAX_ACK_BYTES, Ack, ErrorAck, parse_ack
 from dropzone.connectors import ConnectorRegistry
 from dropzone.contracts import AckOutcome, ErrorInfo, ExportRef
-from dropzone.errors import AckNotYetAvailable, MalformedAckError
-from dropzone.ledger import ExportRecord, Ledger
+from dropzone.errors import AckNotYetAvailable, DropzoneError, MalformedAckError
+from dropzone.ledger import ConnectionRecord, ExportRecord, Ledger
+from dropzone.transports.ack_scan import list_ack_files
 from dropzone.transports.base import AckFile, Dropzone
 
 log = logging.getLogger(__name__)
+
+SETTLE_SECONDS = 2.0  # SFTP reports whole seconds: 1 s could be 0.01 s
+SECOND_LOOK_SECONDS = 0.5
+SWEEP_GRACE_POLLS = 10
 
 
 def _outcome_from_record(record: ExportRecord) -> AckOutcome | None:
@@ -38,9 +66,21 @@ def _outcome_from_record(record: ExportRecord) -> AckOutcome | None:
 
 
 class AckActivities:
-    def __init__(self, ledger: Ledger, connectors: ConnectorRegistry) -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        connectors: ConnectorRegistry,
+        *,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self._ledger = ledger
         self._connectors = connectors
+        # Injected so tests can play "the ERP is still writing" deterministically.
+        self._clock = clock
+        self._sleep = sleep
+        self._last_sweep: dict[UUID, float] = {}
+        self._sweep_lock = threading.Lock()
 
     @activity.defn
     @translate_errors
@@ -50,17 +90,10 @@ class AckActivities:
         connector = self._connectors.get(connection.connector_type)
         config = connector.parse_config(connection.config)
         with connector.session(config) as dropzone:
-            acks = dropzone.list_acks(record.filename)
-            # Both ack_ and error_ for one export: the ERP contradicts itself;
-            # neither is trusted, both go to error/ for an operator.
-            if len({ack.kind for ack in acks}) > 1:
-                for ack in acks:
-                    self._reject(dropzone, ack, "both ack_ and error_ files exist for this export")
-                acks = []
-            for ack in acks:
-                outcome = self._process(dropzone, record, ack)
-                if outcome is not None:
-                    return outcome
+            outcome = self._take_own_ack(dropzone, connection, record)
+            if outcome is not None:
+                return outcome
+            self._sweep_if_due(dropzone, connection, config.poll_interval_seconds)
         # The ack may have been recorded and moved by an execution that died
         # before it could report back: the ledger remembers.
         recorded = _outcome_from_record(self._ledger.get_export(record.id))
@@ -68,12 +101,54 @@ class AckActivities:
             return recorded
         raise AckNotYetAvailable(f"no ack for {record.filename} yet")
 
-    def _process(self, dropzone: Dropzone, record: ExportRecord, ack: AckFile) -> AckOutcome | None:
+    # --- this export's ack ---------------------------------------------------
+
+    def _take_own_ack(
+        self, dropzone: Dropzone, connection: ConnectionRecord, record: ExportRecord
+    ) -> AckOutcome | None:
+        acks = dropzone.list_acks(record.filename)
+        if not acks or not self._settled(dropzone, record.filename, acks):
+            return None
+        # Both ack_ and error_ for one export: the ERP contradicts itself;
+        # neither is trusted, both go to error/ for an operator.
+        if len({ack.kind for ack in acks}) > 1:
+            for ack in acks:
+                self._reject(
+                    dropzone, connection, ack, "both ack_ and error_ files exist for this export", record.id
+                )
+            return None
+        for ack in acks:
+            outcome = self._process(dropzone, connection, record, ack)
+            if outcome is not None:
+                return outcome
+        return None
+
+    def _settled(self, dropzone: Dropzone, filename: str, acks: list[AckFile]) -> bool:
+        """True unless one of ``acks`` may still be being written."""
+        if all(self._clock() - ack.mtime >= SETTLE_SECONDS and ack.size > 0 for ack in acks):
+            return True
+        self._sleep(SECOND_LOOK_SECONDS)
+        again = dropzone.list_acks(filename)
+        before = {(a.name, a.size, a.mtime) for a in acks}
+        after = {(a.name, a.size, a.mtime) for a in again}
+        if before != after:
+            return False
+        # An empty file only counts once it has stayed empty for a while.
+        return all(a.size > 0 or self._clock() - a.mtime >= SETTLE_SECONDS for a in again)
+
+    def _process(
+        self, dropzone: Dropzone, connection: ConnectionRecord, record: ExportRecord, ack: AckFile
+    ) -> AckOutcome | None:
+        if ack.size > MAX_ACK_BYTES:
+            # Judged from the size alone: a 50 MB file is never read into memory.
+            reason = f"malformed ack file {ack.name}: larger than {MAX_ACK_BYTES} bytes ({ack.size} bytes)"
+            self._reject(dropzone, connection, ack, reason, record.id)
+            return None
         body = dropzone.read_ack(ack.name, max_bytes=MAX_ACK_BYTES)
         try:
             parsed = parse_ack(body, kind=ack.kind, name=ack.name)
         except MalformedAckError as exc:
-            self._reject(dropzone, ack, exc.message)
+            self._reject(dropzone, connection, ack, exc.message, record.id)
             return None
         if isinstance(parsed, Ack):
             self._ledger.mark_acked(
@@ -85,6 +160,71 @@ class AckActivities:
         dropzone.move_ack(ack.name, naming.PROCESSED_DIR)
         return _outcome_from_record(self._ledger.get_export(record.id))
 
-    def _reject(self, dropzone: Dropzone, ack: AckFile, reason: str) -> None:
+    # --- acks nobody waits for ------------------------------------------------
+
+    def _sweep_if_due(self, dropzone: Dropzone, connection: ConnectionRecord, poll_interval: int) -> None:
+        now = time.monotonic()
+        with self._sweep_lock:
+            last = self._last_sweep.get(connection.id)
+            if last is not None and now - last < poll_interval:
+                return
+            self._last_sweep[connection.id] = now
+        try:
+            self._sweep(dropzone, connection, grace=SWEEP_GRACE_POLLS * poll_interval)
+        except DropzoneError as exc:
+            # The sweep is housekeeping: it must never keep this export's ack waiting.
+            log.warning(
+                "sweep of ack_path failed; will try again",
+                extra={"erp_connection_id": str(connection.id), "error_code": exc.code, "error": exc.message},
+            )
+
+    def _sweep(self, dropzone: Dropzone, connection: ConnectionRecord, *, grace: float) -> None:
+        now = self._clock()
+        for ack in list_ack_files(dropzone):
+            if now - ack.mtime < grace:
+                continue
+            owner = self._ledger.get_export_by_filename(ack.export_filename)
+            if owner is None:
+                reason = f"ack file {ack.name} names {ack.export_filename}, which no export in the ledger wrote"
+                self._reject(dropzone, connection, ack, reason, None)
+            elif owner.status in ("ACKED", "FAILED") and now - owner.updated_at.timestamp() >= grace:
+                # updated_at: the export's own poll moves its file right after
+                # recording the outcome; only long-finished exports are swept.
+                reason = (
+                    f"ack file {ack.name} arrived for export {owner.id}, which is already {owner.status}"
+                    + (f" ({owner.error_json.get('code')})" if owner.status == "FAILED" and owner.error_json else "")
+                    + "; check the order in the ERP"
+                )
+                self._reject(dropzone, connection, ack, reason, owner.id)
+
+    # --- rejection ------------------------------------------------------------
+
+    def _reject(
+        self,
+        dropzone: Dropzone,
+        connection: ConnectionRecord,
+        ack: AckFile,
+        reason: str,
+        export_id: UUID | None,
+    ) -> None:
         moved_to = dropzone.move_ack(ack.name, naming.ERROR_DIR)
-        log.warning("malformed ack file moved to error/", extra={"ack_file": ack.name, "reason": reason, "moved_to": moved_to})
+        ack_rejected()
+        # Logged before recording: if the database is down now, the log still has it.
+        log.warning(
+            "ack file rejected and moved to error/",
+            extra={
+                "ack_file": ack.name,
+                "reason": reason,
+                "moved_to": moved_to,
+                "erp_connection_id": str(connection.id),
+                "export_id": str(export_id) if export_id else None,
+            },
+        )
+        self._ledger.record_ack_rejection(
+            org_id=connection.org_id,
+            erp_connection_id=connection.id,
+            export_id=export_id,
+            ack_file=ack.name,
+            reason=reason,
+            moved_to=moved_to,
+        )

@@ -2,9 +2,11 @@
 
 from dropzone.ledger.models import (
     EXPORT_FORMAT_VERSION,
+    AckRejectionRecord,
     Base,
     ConnectionRecord,
     ConnectionSummary,
+    ErpAckRejection,
     ErpConnection,
     ErpExport,
     ExportRecord,
@@ -26,9 +28,11 @@ __all__ = [
     "DATABASE_URL_ENV",
     "EXPORT_FORMAT_VERSION",
     "VERSION_TABLE",
+    "AckRejectionRecord",
     "Base",
     "ConnectionRecord",
     "ConnectionSummary",
+    "ErpAckRejection",
     "ErpConnection",
     "ErpExport",
     "ExportRecord",

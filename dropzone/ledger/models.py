@@ -1,5 +1,5 @@
-"""Tables ``erp_connection`` and ``erp_export`` (DESIGN 5.5) and the value objects
-the repository hands out instead of live ORM rows.
+"""Tables ``erp_connection``, ``erp_export`` (DESIGN 5.5) and ``erp_ack_rejection``,
+and the value objects the repository hands out instead of live ORM rows.
 
 The schema itself is created by ``migrations/versions``; these models must stay
 identical to it (``tests/dropzone/test_ledger.py`` compares the two).
@@ -140,6 +140,47 @@ Index(
 )
 
 
+class ErpAckRejection(Base):
+    """An ack file the ERP wrote that we refused and moved to ``<ack_path>/error/``.
+
+    Kept so that operators see every rejected ack (``dropzone acks rejected``)
+    rather than finding them by accident in the error folder. No foreign keys:
+    a rejection may name no export (an ack for an unknown file) and must
+    outlive the rows it mentions.
+    """
+
+    __tablename__ = "erp_ack_rejection"
+
+    id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, primary_key=True, default=uuid.uuid4, server_default=text("gen_random_uuid()")
+    )
+    org_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    erp_connection_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    export_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    ack_file: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(Text)
+    moved_to: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = _timestamp()
+
+    __table_args__ = (
+        # One move is one rejection: two pollers racing for the same file (or a
+        # retried activity) record it once.
+        UniqueConstraint("erp_connection_id", "moved_to"),
+    )
+
+
+Index(
+    "idx_erp_ack_rejection_connection",
+    ErpAckRejection.erp_connection_id,
+    ErpAckRejection.created_at.desc(),
+)
+Index(
+    "idx_erp_ack_rejection_org",
+    ErpAckRejection.org_id,
+    ErpAckRejection.created_at.desc(),
+)
+
+
 # --- value objects -----------------------------------------------------------
 
 
@@ -203,3 +244,16 @@ class ExportRecord(_Record):
     acked_at: UtcDatetime | None
     created_at: UtcDatetime
     updated_at: UtcDatetime
+
+
+class AckRejectionRecord(_Record):
+    """One rejected ack file: what it was, why, and where it went."""
+
+    id: uuid.UUID
+    org_id: uuid.UUID | None
+    erp_connection_id: uuid.UUID
+    export_id: uuid.UUID | None
+    ack_file: str
+    reason: str
+    moved_to: str
+    created_at: UtcDatetime

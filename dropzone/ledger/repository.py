@@ -43,8 +43,10 @@ from dropzone.ledger.models import (
     EXPORT_FORMAT_VERSION,
     FAILABLE,
     SENDABLE,
+    AckRejectionRecord,
     ConnectionRecord,
     ConnectionSummary,
+    ErpAckRejection,
     ErpConnection,
     ErpExport,
     ExportRecord,
@@ -59,6 +61,9 @@ VERSION_TABLE = "dropzone_alembic_version"
 MIGRATION_LOCK_KEY = zlib.crc32(b"orderflow-dropzone.migrations")
 # libpq waits forever by default; an activity must fail fast and let Temporal retry.
 CONNECT_TIMEOUT_SECONDS = 10
+# A rejection reason is our own text, but it quotes a parser's position report:
+# keep one hostile file from filling the table.
+MAX_REJECTION_REASON_CHARS = 2000
 # How often open_attempt re-reads and retries after losing an insert race.
 OPEN_ATTEMPT_TRIES = 20
 
@@ -143,7 +148,7 @@ def _utcnow() -> datetime:
 
 
 class Ledger:
-    """Repository for ``erp_connection`` and ``erp_export``."""
+    """Repository for ``erp_connection``, ``erp_export`` and ``erp_ack_rejection``."""
 
     def __init__(self, engine: Engine, cipher: ConfigCipher) -> None:
         self._engine = engine
@@ -399,6 +404,62 @@ class Ledger:
         with self._transaction() as session:
             row = session.scalar(query)
             return ExportRecord.model_validate(row) if row is not None else None
+
+    # --- rejected ack files -------------------------------------------------
+
+    def record_ack_rejection(
+        self,
+        *,
+        erp_connection_id: UUID,
+        ack_file: str,
+        reason: str,
+        moved_to: str,
+        org_id: UUID | None = None,
+        export_id: UUID | None = None,
+    ) -> AckRejectionRecord:
+        """Remember one ack file moved to ``error/``; recording the same move twice keeps one row."""
+        if len(reason) > MAX_REJECTION_REASON_CHARS:
+            reason = reason[: MAX_REJECTION_REASON_CHARS - 1] + "…"
+        values = {
+            "id": uuid.uuid4(),
+            "org_id": org_id,
+            "erp_connection_id": erp_connection_id,
+            "export_id": export_id,
+            "ack_file": ack_file,
+            "reason": reason.replace("\x00", "\ufffd"),  # PostgreSQL text cannot hold NUL
+            "moved_to": moved_to,
+            "created_at": _utcnow(),
+        }
+        insert = pg_insert(ErpAckRejection).values(**values).on_conflict_do_nothing().returning(ErpAckRejection)
+        with self._transaction() as session:
+            row = session.scalar(insert)
+            if row is None:  # a twin (a racing poller, a retried activity) recorded this move
+                row = session.scalar(
+                    select(ErpAckRejection).where(
+                        ErpAckRejection.erp_connection_id == erp_connection_id,
+                        ErpAckRejection.moved_to == moved_to,
+                    )
+                )
+            return AckRejectionRecord.model_validate(row)
+
+    def list_ack_rejections(
+        self,
+        org_id: UUID | None = None,
+        connection_id: UUID | None = None,
+        since: datetime | None = None,
+        limit: int = 100,
+    ) -> list[AckRejectionRecord]:
+        """Newest first."""
+        query = select(ErpAckRejection)
+        if org_id is not None:
+            query = query.where(ErpAckRejection.org_id == org_id)
+        if connection_id is not None:
+            query = query.where(ErpAckRejection.erp_connection_id == connection_id)
+        if since is not None:
+            query = query.where(ErpAckRejection.created_at >= since)
+        query = query.order_by(ErpAckRejection.created_at.desc(), ErpAckRejection.id).limit(limit)
+        with self._transaction() as session:
+            return [AckRejectionRecord.model_validate(row) for row in session.scalars(query)]
 
     def _transition(
         self, export_id: UUID | str, allowed_from: tuple[ExportStatus, ...], **values: Any

@@ -1,15 +1,25 @@
-"""`dropzone connections …`: add, list, test."""
+"""`dropzone connections …`: add, list, test, rotate-keys.
+
+Secrets never go on the command line (where ``ps`` and shell history would
+show them): a password, private key or key passphrase is read from a file
+(``--password-file``, ``--ssh-key-file``, ``--ssh-key-passphrase-file``) or,
+for one of them, from standard input (``-``). Like ssh itself, a secret file
+that group or others may read is refused. Output shows secrets as ``***``.
+"""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+import stat
 import sys
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from dropzone.connection_config import redacted
+from dropzone.connection_config import SftpConfig, config_to_storable, redacted
 from dropzone.connectors import DROPZONE_JSON_V1, default_registry
 from dropzone.errors import DropzoneError, InvalidConfigError
 from dropzone.settings import load_settings
@@ -25,59 +35,172 @@ from starter.cli.common import (
     print_table,
 )
 
+STDIN = "-"
 
-def _load_config_input(config_file: Path | None, mode: str | None, export_path: str | None, ack_path: str | None, poll_interval: int | None) -> dict[str, Any]:
-    if config_file is not None:
+
+# --- reading input ----------------------------------------------------------------
+
+
+def _read_text(path: str, what: str) -> str:
+    if path == STDIN:
+        return sys.stdin.read()
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise InvalidConfigError(f"{what} {path} is not UTF-8 text") from None
+    except OSError as exc:
+        raise InvalidConfigError(f"cannot read {what} {path}: {exc.strerror}") from None
+
+
+def _read_secret_file(path: str, what: str) -> str:
+    """A secret from a file that only its owner may read (or from stdin)."""
+    if path != STDIN:
         try:
-            text = sys.stdin.read() if str(config_file) == "-" else config_file.read_text(encoding="utf-8")
+            mode = Path(path).stat().st_mode
         except OSError as exc:
-            raise InvalidConfigError(f"cannot read config file {config_file}: {exc.strerror}") from None
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise InvalidConfigError(f"config file {config_file} is not valid JSON (line {exc.lineno}, column {exc.colno})") from None
-        if not isinstance(data, dict):
-            raise InvalidConfigError(f"config file {config_file} must hold a JSON object")
-        return data
-    if mode != "filesystem":
-        raise InvalidConfigError("give --config-file FILE (SFTP needs credentials), or --mode filesystem --export-path DIR")
-    data: dict[str, Any] = {"mode": "filesystem", "export_path": export_path, "ack_path": ack_path}
-    if poll_interval is not None:
-        data["poll_interval_seconds"] = poll_interval
+            raise InvalidConfigError(f"cannot read {what} {path}: {exc.strerror}") from None
+        if not stat.S_ISREG(mode):
+            raise InvalidConfigError(f"{what} {path} is not a regular file")
+        if mode & 0o077:
+            raise InvalidConfigError(
+                f"{what} {path} is accessible by group or others (mode {stat.S_IMODE(mode):04o}); "
+                f"it holds a secret: run 'chmod 600 {path}' and try again"
+            )
+    return _read_text(path, what)
+
+
+def _strip_line_end(text: str) -> str:
+    # `echo pw > file` adds a newline that is not part of the password.
+    return text[:-2] if text.endswith("\r\n") else text.removesuffix("\n")
+
+
+def _load_config_file(config_file: str) -> dict[str, Any]:
+    text = _read_text(config_file, "config file")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidConfigError(
+            f"config file {config_file} is not valid JSON (line {exc.lineno}, column {exc.colno})"
+        ) from None
+    if not isinstance(data, dict):
+        raise InvalidConfigError(f"config file {config_file} must hold a JSON object")
     return data
+
+
+def _flag_config(mode: str | None, flags: dict[str, Any]) -> dict[str, Any]:
+    if mode not in ("filesystem", "sftp"):
+        raise InvalidConfigError(
+            "give --config-file FILE, or --mode filesystem --export-path DIR, "
+            "or --mode sftp --host H --username U --export-path DIR with --password-file/--ssh-key-file"
+        )
+    data: dict[str, Any] = {"mode": mode}
+    data.update({k: v for k, v in flags.items() if v is not None})
+    return data
+
+
+def _check_ssh_key(config: Any, source: str | None) -> None:
+    """Load the key once now, so a wrong passphrase or format is found at `add`, not at 3 a.m."""
+    if not isinstance(config, SftpConfig) or config.ssh_key is None:
+        return
+    from dropzone.transports.sftp import load_private_key
+
+    passphrase = config.ssh_key_passphrase.get_secret_value() if config.ssh_key_passphrase else None
+    try:
+        load_private_key(config.ssh_key.get_secret_value(), passphrase)
+    except InvalidConfigError as exc:
+        where = f" in {source}" if source else ""
+        raise InvalidConfigError(f"{exc.message}{where}") from None
+
+
+# --- commands ---------------------------------------------------------------------
 
 
 @connections_app.command("add")
 @handle_errors
 def connections_add(
     org: str = typer.Option(..., "--org", help="Organisation UUID."),
-    config_file: Path | None = typer.Option(None, "--config-file", help="JSON config (DESIGN 5.6); '-' reads stdin."),
-    mode: str | None = typer.Option(None, "--mode", help="'filesystem' for a config from flags."),
+    config_file: str | None = typer.Option(
+        None, "--config-file", help="JSON config (DESIGN 5.6); '-' reads stdin. Better without secrets in it."
+    ),
+    mode: str | None = typer.Option(None, "--mode", help="'filesystem' or 'sftp', for a config from flags."),
+    host: str | None = typer.Option(None, "--host"),
+    port: int | None = typer.Option(None, "--port"),
+    username: str | None = typer.Option(None, "--username"),
+    host_key: str | None = typer.Option(
+        None, "--host-key", help="Pin: 'SHA256:…' or 'ssh-ed25519 AAAA…' (or pin later with 'test --trust')."
+    ),
     export_path: str | None = typer.Option(None, "--export-path"),
     ack_path: str | None = typer.Option(None, "--ack-path"),
     poll_interval: int | None = typer.Option(None, "--poll-interval", help="Seconds between ack polls."),
+    file_mode: str | None = typer.Option(None, "--file-mode", help="Mode of delivered files, e.g. 0640."),
+    password_file: str | None = typer.Option(
+        None, "--password-file", help="File holding the SFTP password (mode 0600); '-' reads stdin."
+    ),
+    ssh_key_file: str | None = typer.Option(
+        None, "--ssh-key-file", help="Private key file (mode 0600); '-' reads stdin."
+    ),
+    ssh_key_passphrase_file: str | None = typer.Option(
+        None, "--ssh-key-passphrase-file", help="File holding the key's passphrase (mode 0600); '-' reads stdin."
+    ),
     connector_type: str = typer.Option(DROPZONE_JSON_V1, "--type"),
     json_output: bool = typer.Option(False, "--json"),
 ) -> None:
     """Add a connection; the config is validated, then stored encrypted."""
     org_id = parse_uuid(org, "--org")
-    raw = _load_config_input(config_file, mode, export_path, ack_path, poll_interval)
+    stdin_users = [
+        name
+        for name, value in (
+            ("--config-file", config_file),
+            ("--password-file", password_file),
+            ("--ssh-key-file", ssh_key_file),
+            ("--ssh-key-passphrase-file", ssh_key_passphrase_file),
+        )
+        if value == STDIN
+    ]
+    if len(stdin_users) > 1:
+        raise InvalidConfigError(f"only one of {', '.join(stdin_users)} can read standard input ('-')")
+    flags = {
+        "host": host,
+        "port": port,
+        "username": username,
+        "host_key": host_key,
+        "export_path": export_path,
+        "ack_path": ack_path,
+        "poll_interval_seconds": poll_interval,
+        "file_mode": file_mode,
+    }
+    if config_file is not None:
+        raw = _load_config_file(config_file)
+        raw.update({k: v for k, v in flags.items() if v is not None})
+    else:
+        raw = _flag_config(mode, flags)
+    if password_file is not None:
+        raw["password"] = _strip_line_end(_read_secret_file(password_file, "password file"))
+    if ssh_key_file is not None:
+        raw["ssh_key"] = _read_secret_file(ssh_key_file, "ssh key file")
+    if ssh_key_passphrase_file is not None:
+        raw["ssh_key_passphrase"] = _strip_line_end(
+            _read_secret_file(ssh_key_passphrase_file, "ssh key passphrase file")
+        )
     config = default_registry().get(connector_type).parse_config(raw)
+    _check_ssh_key(config, ssh_key_file if ssh_key_file not in (None, STDIN) else None)
     ledger = open_ledger(load_settings())
     try:
-        summary = ledger.add_connection(org_id, connector_type, config_to_store(config))
+        summary = ledger.add_connection(org_id, connector_type, config_to_storable(config))
     finally:
         ledger.dispose()
     if json_output:
-        print_json({"id": str(summary.id), "org_id": str(org_id), "connector_type": connector_type, "config": redacted(config)})
+        print_json(
+            {"id": str(summary.id), "org_id": str(org_id), "connector_type": connector_type, "config": redacted(config)}
+        )
     else:
-        out.print(f"connection {summary.id} added for org {org_id} ({connector_type})")
-
-
-def config_to_store(config: Any) -> dict[str, Any]:
-    from dropzone.connection_config import config_to_storable
-
-    return config_to_storable(config)
+        out.print(f"connection {summary.id} added for org {org_id} ({connector_type})", highlight=False)
+        if isinstance(config, SftpConfig) and config.host_key is None:
+            out.print(
+                f"host key not pinned yet: run 'dropzone connections test {summary.id}', check the "
+                "fingerprint with the server's operator, then rerun with --trust",
+                highlight=False,
+            )
 
 
 @connections_app.command("list")
@@ -86,7 +209,7 @@ def connections_list(
     org: str | None = typer.Option(None, "--org"),
     json_output: bool = typer.Option(False, "--json"),
 ) -> None:
-    """List connections (never their secrets)."""
+    """List connections (never their configs or secrets)."""
     ledger = open_ledger(load_settings())
     try:
         rows = ledger.list_connections(parse_uuid(org, "--org") if org else None)
@@ -106,33 +229,32 @@ def connections_list(
     print_table(["id", "org", "type", "active", "last test"], lines)
 
 
+def known_hosts_line(host: str, port: int, public_line: str) -> str:
+    """``host key-type base64`` as in ~/.ssh/known_hosts; ``[host]:port`` when the port is not 22."""
+    name = host if port == 22 else f"[{host}]:{port}"
+    return f"{name} {public_line}"
+
+
 @connections_app.command("test")
 @handle_errors
 def connections_test(
     connection_id: str = typer.Argument(..., help="Connection UUID."),
     trust: bool = typer.Option(False, "--trust", help="Pin the server's current host key (SFTP)."),
+    json_output: bool = typer.Option(False, "--json"),
 ) -> None:
     """Write and delete a probe file in the dropzone; show the SFTP host key."""
-    from dropzone.connection_config import SftpConfig
     from dropzone.transports.sftp import fetch_host_key
 
     cid = parse_uuid(connection_id, "connection")
     ledger = open_ledger(load_settings())
     registry = default_registry()
+    report: dict[str, Any] = {"id": str(cid)}
     try:
         record = ledger.get_connection(cid)
         connector = registry.get(record.connector_type)
         config = connector.parse_config(record.config)
         if isinstance(config, SftpConfig):
-            key_type, fingerprint, public_line = fetch_host_key(config.host, config.port, config.connect_timeout_seconds)
-            out.print(f"host key of {config.host}:{config.port}: {key_type} {fingerprint}")
-            if trust:
-                config = config.model_copy(update={"host_key": public_line})
-                ledger.update_connection_config(cid, config_to_store(config))
-                out.print("host key pinned")
-            elif config.host_key is None:
-                ledger.record_connection_test(cid, False)
-                raise fail("host key not trusted yet: check the fingerprint above, then rerun with --trust")
+            config = _show_and_pin_host_key(ledger, cid, config, trust, report, json_output, fetch_host_key)
         try:
             result = connector.test_connection(config)
         except DropzoneError:
@@ -142,9 +264,81 @@ def connections_test(
     finally:
         registry.close()
         ledger.dispose()
+    report.update(ok=result.ok, dropzone=connector.describe(config), detail=result.detail)
+    if json_output:
+        print_json(report)
     if not result.ok:
         raise fail(f"connection {cid}: {result.detail}", EXIT_FAILED)
-    out.print(f"connection {cid} ok: {connector.describe(config)} ({result.detail})")
+    if not json_output:
+        out.print(f"connection {cid} ok: {connector.describe(config)} ({result.detail})", highlight=False)
 
 
-# --- exports ---------------------------------------------------------------------
+def _fingerprint_of_line(public_line: str) -> str:
+    blob = base64.b64decode(public_line.split()[1])
+    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode("ascii").rstrip("=")
+
+
+def _pin_fingerprint(pin: str) -> str:
+    return pin.rstrip("=") if pin.startswith("SHA256:") else _fingerprint_of_line(pin)
+
+
+def _show_and_pin_host_key(
+    ledger: Any,
+    cid: Any,
+    config: SftpConfig,
+    trust: bool,
+    report: dict[str, Any],
+    json_output: bool,
+    fetch_host_key: Any,
+) -> SftpConfig:
+    """Print the server's key; pin it with --trust; refuse to go on without a pin."""
+    key_type, fingerprint, public_line = fetch_host_key(config.host, config.port, config.connect_timeout_seconds)
+    line = known_hosts_line(config.host, config.port, public_line)
+    pinned = _pin_fingerprint(config.host_key) if config.host_key else None
+    report["host_key"] = {"type": key_type, "fingerprint": fingerprint, "known_hosts": line}
+    report["pinned_fingerprint"] = pinned
+    if not json_output:
+        out.print(f"host key of {config.host}:{config.port}: {key_type} {fingerprint}", highlight=False)
+        out.print(f"known_hosts: {line}", highlight=False)
+        if pinned is not None and pinned != fingerprint:
+            # A fingerprint pin may name another of the server's keys (RSA vs
+            # ed25519): the probe below checks the pin against all of them.
+            out.print(f"pinned: {pinned} (not the key shown above; the probe checks the pin)", highlight=False)
+        elif pinned is not None:
+            out.print("pinned: yes (matches)", highlight=False)
+    if trust:
+        config = config.model_copy(update={"host_key": public_line})
+        ledger.update_connection_config(cid, config_to_storable(config))
+        report["pinned_fingerprint"] = fingerprint
+        if not json_output:
+            out.print("host key pinned", highlight=False)
+    elif pinned is None:
+        ledger.record_connection_test(cid, False)
+        if json_output:
+            report.update(ok=False, detail="host key not trusted yet")
+            print_json(report)
+        raise fail("host key not trusted yet: check the fingerprint above, then rerun with --trust")
+    return config
+
+
+@connections_app.command("rotate-keys")
+@handle_errors
+def connections_rotate_keys(json_output: bool = typer.Option(False, "--json")) -> None:
+    """Re-encrypt every connection config with the FIRST key of DROPZONE_CONFIG_KEYS.
+
+    Rotation: put the new key first (DROPZONE_CONFIG_KEYS=new,old) everywhere,
+    run this once, then drop the old key. All rows or none are rewritten.
+    """
+    settings = load_settings()
+    ledger = open_ledger(settings)
+    try:
+        count = ledger.rotate_keys()
+    finally:
+        ledger.dispose()
+    keys = len(settings.config_key_list())
+    if json_output:
+        print_json({"rotated": count, "configured_keys": keys})
+        return
+    out.print(f"re-encrypted {count} connection config(s) with the first of {keys} configured key(s)", highlight=False)
+    if keys > 1:
+        out.print("every row now decrypts with the first key alone: the other keys can be removed", highlight=False)
