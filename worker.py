@@ -2,11 +2,17 @@
 
 Runs until SIGINT/SIGTERM, then stops polling and lets in-flight activities
 finish (graceful shutdown) before closing its connection pools.
+
+Operators see it through structured logs on stderr (JSON unless on a terminal,
+``DROPZONE_LOG_LEVEL`` / ``DROPZONE_LOG_FORMAT``) and, when
+``DROPZONE_METRICS_PORT`` is set, one Prometheus ``/metrics`` endpoint served by
+the Temporal runtime: the SDK's own metrics and ours (``activities/telemetry.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import sys
@@ -15,21 +21,37 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 
+import temporalio.activity
+import temporalio.workflow
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.worker import Worker
+from temporalio.runtime import (
+    LogForwardingConfig,
+    LoggingConfig,
+    PrometheusConfig,
+    Runtime,
+    TelemetryConfig,
+    TelemetryFilter,
+)
+from temporalio.worker import Interceptor, Worker
 
 from activities.acks import AckActivities
 from activities.exports import ExportActivities
+from activities.telemetry import HISTOGRAM_BUCKETS, ExportOwners, TelemetryInterceptor
 from dropzone.connectors import ConnectorRegistry, default_registry
 from dropzone.crypto import ConfigCipher
 from dropzone.errors import DropzoneError, InvalidConfigError, TemporalUnavailableError
 from dropzone.ledger import Ledger
+from dropzone.logging_setup import configure_logging
 from dropzone.settings import Settings, load_settings
 from dropzone.transports.object_storage import ObjectStore
 from workflows.export_order import ExportOrderWorkflow
 
 GRACEFUL_SHUTDOWN = timedelta(seconds=30)
+# Temporal core's own log lines (Rust) join ours through this stdlib logger.
+CORE_LOGGER = "temporalio.core"
+
+log = logging.getLogger("dropzone.worker")
 
 
 @dataclass
@@ -69,12 +91,49 @@ def build_adapters(settings: Settings) -> Adapters:
     return Adapters(ledger=ledger, store=store, connectors=default_registry())
 
 
-async def connect_client(settings: Settings) -> Client:
+def setup_logging(settings: Settings) -> None:
+    """Structured logs for this process; Temporal's loggers stop appending info dicts to messages."""
+    configure_logging(settings.log_level, settings.log_format)
+    # The same details arrive as extras, which the formatter turns into fields.
+    temporalio.activity.logger.activity_info_on_message = False
+    temporalio.workflow.logger.workflow_info_on_message = False
+
+
+def build_runtime(settings: Settings) -> Runtime:
+    """A Temporal runtime whose core logs go through our logging and that serves /metrics if asked.
+
+    One runtime, one endpoint: the SDK's metrics and the ones our activities
+    record through the SDK meter.
+    """
+    bind_address = settings.metrics_bind_address()
+    metrics = None
+    if bind_address is not None:
+        metrics = PrometheusConfig(
+            bind_address=bind_address,
+            counters_total_suffix=True,
+            unit_suffix=True,
+            durations_as_seconds=True,
+            histogram_bucket_overrides=HISTOGRAM_BUCKETS,
+        )
+    core_logs = LoggingConfig(
+        filter=TelemetryFilter(core_level="WARN", other_level="ERROR"),
+        forwarding=LogForwardingConfig(logger=logging.getLogger(CORE_LOGGER)),
+    )
+    try:
+        return Runtime(telemetry=TelemetryConfig(metrics=metrics, logging=core_logs))
+    except ValueError as exc:  # the exporter could not bind
+        raise InvalidConfigError(
+            f"cannot serve metrics on {bind_address} (DROPZONE_METRICS_HOST/DROPZONE_METRICS_PORT): {exc}"
+        ) from None
+
+
+async def connect_client(settings: Settings, *, runtime: Runtime | None = None) -> Client:
     try:
         return await Client.connect(
             settings.temporal_address,
             namespace=settings.temporal_namespace,
             data_converter=pydantic_data_converter,
+            runtime=runtime,
         )
     except RuntimeError as exc:
         raise TemporalUnavailableError(
@@ -89,9 +148,12 @@ def build_worker(
     task_queue: str,
     executor: ThreadPoolExecutor,
     max_concurrent_activities: int,
+    interceptors: Sequence[Interceptor] = (),
 ) -> Worker:
+    """The worker; every activity runs inside the telemetry interceptor (log context, metrics)."""
     exports = ExportActivities(adapters.ledger, adapters.store, adapters.connectors)
     acks = AckActivities(adapters.ledger, adapters.connectors)
+    telemetry = TelemetryInterceptor(ExportOwners.from_ledger(adapters.ledger))
     return Worker(
         client,
         task_queue=task_queue,
@@ -107,10 +169,13 @@ def build_worker(
         activity_executor=executor,
         max_concurrent_activities=max_concurrent_activities,
         graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
+        interceptors=[telemetry, *interceptors],
     )
 
 
 async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
+    setup_logging(settings)
+    runtime = build_runtime(settings)
     adapters = build_adapters(settings)
     adapters.store.ensure_bucket()
     stop = stop or asyncio.Event()
@@ -120,7 +185,7 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -
             loop.add_signal_handler(sig, stop.set)
         except (NotImplementedError, RuntimeError):  # not the main thread
             pass
-    client = await connect_client(settings)
+    client = await connect_client(settings, runtime=runtime)
     with ThreadPoolExecutor(max_workers=settings.max_concurrent_activities) as executor:
         worker = build_worker(
             client,
@@ -130,8 +195,15 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -
             max_concurrent_activities=settings.max_concurrent_activities,
         )
         async with worker:
-            print(f"worker polling task queue {settings.task_queue!r} on {settings.temporal_address}", flush=True)
+            bind_address = settings.metrics_bind_address()
+            log.info("worker started", extra={
+                "task_queue": settings.task_queue,
+                "temporal": settings.temporal_address,
+                "namespace": settings.temporal_namespace,
+                "metrics": f"http://{bind_address}/metrics" if bind_address else "off",
+            })
             await stop.wait()
+            log.info("worker stopping", extra={"task_queue": settings.task_queue})
     adapters.close()
 
 

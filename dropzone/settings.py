@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
@@ -51,6 +52,32 @@ class Settings(BaseSettings):
     # Drafts whose JSON is larger go to object storage and travel as a reference.
     inline_draft_limit_bytes: int = Field(default=256 * 1024, ge=1024, le=1_500_000)
 
+    # Prometheus /metrics of the worker (Temporal SDK metrics and ours); 0 = off.
+    # Loopback by default: metrics name orgs and queues, keep them off the network
+    # unless asked (DROPZONE_METRICS_HOST=0.0.0.0 in a container).
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
+
+    # DEBUG also lets paramiko and botocore speak (they stay at WARNING otherwise).
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # auto = console lines on a terminal, JSON lines otherwise.
+    log_format: Literal["auto", "json", "console"] = "auto"
+
+    @field_validator("metrics_port", mode="before")
+    @classmethod
+    def _empty_port_is_off(cls, value: object) -> object:
+        return 0 if value in ("", None) else value
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _normalise_case(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        upper = value.strip().upper()
+        if upper == "WARN":
+            return "WARNING"
+        return upper if upper in ("DEBUG", "INFO", "WARNING", "ERROR") else value.strip().lower()
+
     @field_validator("temporal_address")
     @classmethod
     def _host_port(cls, value: str) -> str:
@@ -75,6 +102,13 @@ class Settings(BaseSettings):
         if not self.s3_endpoint_url:
             raise InvalidConfigError("DROPZONE_S3_ENDPOINT_URL is not set")
         return self.s3_endpoint_url
+
+    def metrics_bind_address(self) -> str | None:
+        """host:port for the worker's /metrics endpoint, or None when metrics are off."""
+        if not self.metrics_port:
+            return None
+        host = f"[{self.metrics_host}]" if ":" in self.metrics_host else self.metrics_host
+        return f"{host}:{self.metrics_port}"
 
     def database_label(self) -> str:
         """host:port/dbname of the database, safe to print."""

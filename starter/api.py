@@ -4,6 +4,7 @@
     started = await start_export(client, erp_connection_id=conn_id, draft=draft_json)
     state = await export_status(client, draft_order_id)
     await retry_export(client, draft_order_id)
+    outcomes = await retry_exports(client, failed_draft_ids)   # many at once
 
 Starting is idempotent: the workflow id is ``erp-export-<draft_order_id>``, a
 second start while a run is open returns that run, and after a run has closed a
@@ -12,10 +13,12 @@ new export of the same draft happens only with ``force=True``.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID
 
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
@@ -34,7 +37,7 @@ from dropzone.errors import ExportNotFoundError, TemporalUnavailableError
 from dropzone.export_v1 import DraftOrder, validate_draft
 from dropzone.transports.object_storage import ObjectStore
 from workflows.export_order import ExportOrderWorkflow
-from workflows.policies import TASK_QUEUE, workflow_id_for
+from workflows.policies import TASK_QUEUE, WORKFLOW_ID_PREFIX, workflow_id_for
 
 # Temporal's payload limit is 2 MB; stay well below it and leave room for history.
 DEFAULT_INLINE_LIMIT = 256 * 1024
@@ -160,3 +163,89 @@ def _temporal_error(exc: RPCError, draft_order_id: UUID | str | None = None) -> 
     if exc.status == RPCStatusCode.FAILED_PRECONDITION and draft_order_id is not None:
         return ExportNotFoundError(f"the export of draft {draft_order_id} is not running (it has finished)")
     return TemporalUnavailableError(f"Temporal refused the request: {exc.message}")
+
+
+# --- many exports at once (operators' bulk retry) ----------------------------------
+
+RetryVerdict = Literal["retried", "would_retry", "skipped", "error"]
+BULK_SIGNAL_CONCURRENCY = 8
+
+
+@dataclass(frozen=True)
+class RetryOutcome:
+    """What a bulk retry did with one draft's export workflow."""
+
+    draft_order_id: UUID
+    workflow_id: str
+    verdict: RetryVerdict
+    detail: str = ""
+
+
+async def failed_running_drafts(client: Client, org_id: UUID) -> list[UUID]:
+    """Drafts of the org whose export workflow is running and FAILED, per Temporal visibility.
+
+    Finds the runs that failed before an attempt row existed (unknown or
+    inactive connection), which the ledger cannot show. Visibility lags a
+    little behind the runs: the ledger stays the source for everything else.
+    """
+    query = f'OrgId="{org_id}" AND ExportStatus="FAILED" AND ExecutionStatus="Running"'
+    drafts: list[UUID] = []
+    try:
+        async for execution in client.list_workflows(query):
+            if execution.id.startswith(WORKFLOW_ID_PREFIX):
+                drafts.append(UUID(execution.id.removeprefix(WORKFLOW_ID_PREFIX)))
+    except RPCError as exc:
+        raise _temporal_error(exc) from None
+    return drafts
+
+
+async def retry_exports(
+    client: Client,
+    draft_order_ids: Sequence[UUID],
+    *,
+    reason: str | None = None,
+    requested_by: str | None = None,
+    dry_run: bool = False,
+    on_outcome: Callable[[RetryOutcome], None] | None = None,
+) -> list[RetryOutcome]:
+    """Signal `retry` to the workflow of every draft, a few at a time.
+
+    Only a running workflow can take the signal: closed ones (the retry window
+    ran out, cancelled, or never started) are skipped and reported, so an
+    operator can export them again on purpose. ``dry_run`` looks without
+    signalling. ``on_outcome`` is called as each draft is done (progress bars).
+    """
+    limit = asyncio.Semaphore(BULK_SIGNAL_CONCURRENCY)
+
+    async def one(draft_order_id: UUID) -> RetryOutcome:
+        async with limit:
+            outcome = await _retry_one(client, draft_order_id, reason, requested_by, dry_run)
+        if on_outcome is not None:
+            on_outcome(outcome)
+        return outcome
+
+    return list(await asyncio.gather(*(one(d) for d in draft_order_ids)))
+
+
+async def _retry_one(
+    client: Client, draft_order_id: UUID, reason: str | None, requested_by: str | None, dry_run: bool
+) -> RetryOutcome:
+    workflow_id = workflow_id_for(draft_order_id)
+    try:
+        description = await client.get_workflow_handle(workflow_id).describe()
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            return RetryOutcome(draft_order_id, workflow_id, "skipped", "no workflow found")
+        return RetryOutcome(draft_order_id, workflow_id, "error", f"Temporal refused the request: {exc.message}")
+    if description.status != WorkflowExecutionStatus.RUNNING:
+        state = description.status.name if description.status else "UNKNOWN"
+        return RetryOutcome(draft_order_id, workflow_id, "skipped", f"workflow is closed ({state})")
+    if dry_run:
+        return RetryOutcome(draft_order_id, workflow_id, "would_retry")
+    try:
+        await retry_export(client, draft_order_id, reason=reason, requested_by=requested_by)
+    except ExportNotFoundError:  # closed between describe and signal
+        return RetryOutcome(draft_order_id, workflow_id, "skipped", "workflow closed meanwhile")
+    except TemporalUnavailableError as exc:
+        return RetryOutcome(draft_order_id, workflow_id, "error", exc.message)
+    return RetryOutcome(draft_order_id, workflow_id, "retried")

@@ -19,6 +19,7 @@ pytest_plugins = [
     "tests.fixtures.postgres",
     "tests.fixtures.servers",
     "tests.fixtures.temporal",
+    "tests.fixtures.operators",
 ]
 
 

@@ -10,15 +10,28 @@ import asyncio
 import functools
 import json
 import os
+import re
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from typing import Any, ParamSpec, TypeVar
+from urllib.parse import quote
 from uuid import UUID
 
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.style import Style
 from rich.table import Table
+from rich.text import Text
 
 from dropzone.errors import DropzoneError, InvalidConfigError
 from dropzone.ledger import Ledger
@@ -90,21 +103,113 @@ def parse_uuid(value: str, what: str) -> UUID:
         raise InvalidConfigError(f"{what} {value!r} is not a UUID") from None
 
 
-def print_table(columns: list[str], rows: list[list[str]], title: str | None = None) -> None:
-    """A rich table on a terminal; tab-separated lines with a header when piped."""
+def print_table(
+    columns: list[str],
+    rows: list[list[str]],
+    title: str | None = None,
+    *,
+    caption: str | None = None,
+    markup: bool = True,
+) -> None:
+    """A rich table on a terminal; tab-separated lines with a header when piped.
+
+    ``markup=False`` shows cells exactly as given (an ERP message or a file
+    name may contain brackets that rich would read as styles). When piped, the
+    caption goes to stderr so that stdout stays one header line plus one line
+    per row.
+    """
     if out.is_terminal:
-        table = Table(*columns, title=title)
+        table = Table(title=title, caption=caption)
+        for column in columns:
+            # Fold, never cut: ids, file names and links are copied from here.
+            table.add_column(column, overflow="fold")
         for row in rows:
-            table.add_row(*row)
+            table.add_row(*(_plain_cell(cell) if isinstance(cell, str) and not markup else cell for cell in row))
         out.print(table)
         return
     sys.stdout.write("\t".join(columns) + "\n")
     for row in rows:
-        sys.stdout.write("\t".join(row) + "\n")
+        sys.stdout.write("\t".join(_one_line(cell) for cell in row) + "\n")
+    if caption:
+        err.print(caption, highlight=False, soft_wrap=True)
+
+
+def _plain_cell(cell: str) -> Text:
+    # A link stays clickable (OSC 8) in terminals that support it, even when folded.
+    if cell.startswith(("http://", "https://")):
+        return Text(cell, style=Style(link=cell))
+    return Text(cell)
+
+
+def _one_line(cell: str) -> str:
+    return cell.replace("\t", " ").replace("\n", " ")
 
 
 def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+@contextmanager
+def progress_bar(total: int, description: str, *, enabled: bool = True) -> Iterator[Callable[[], None]]:
+    """Yields ``advance()``: a progress bar on a terminal, nothing when piped or disabled."""
+    if not (enabled and out.is_terminal):
+        yield lambda: None
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=out, transient=True) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda: bar.advance(task)
+
+
+def format_time(value: datetime | None) -> str:
+    """UTC, to the second; empty for "not yet"."""
+    if value is None:
+        return ""
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC)
+    return f"{value:%Y-%m-%d %H:%M:%S}"
+
+
+# --- Temporal UI links -----------------------------------------------------------
+
+
+def workflow_url(settings: Settings, workflow_id: str | None, run_id: str | None = None) -> str | None:
+    """The run's page in the Temporal UI, when ``DROPZONE_TEMPORAL_UI_URL`` is set."""
+    if not settings.temporal_ui_url or not workflow_id:
+        return None
+    base = f"{settings.temporal_ui_url.rstrip('/')}/namespaces/{quote(settings.temporal_namespace, safe='')}"
+    page = f"{base}/workflows/{quote(workflow_id, safe='')}"
+    return f"{page}/{quote(run_id, safe='')}/history" if run_id else page
+
+
+def workflows_query_url(settings: Settings, query: str) -> str | None:
+    """The Temporal UI's workflow list filtered by a visibility query."""
+    if not settings.temporal_ui_url:
+        return None
+    base = f"{settings.temporal_ui_url.rstrip('/')}/namespaces/{quote(settings.temporal_namespace, safe='')}"
+    return f"{base}/workflows?query={quote(query, safe='')}"
+
+
+# --- option parsing ----------------------------------------------------------------
+
+_RELATIVE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$", re.IGNORECASE)
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_since(value: str, *, option: str = "--since", now: datetime | None = None) -> datetime:
+    """``30m``, ``2h``, ``7d``, ``1w`` ago, or an ISO date / date-time (UTC unless it says otherwise)."""
+    match = _RELATIVE.match(value)
+    if match:
+        amount, unit = int(match.group(1)), _UNITS[match.group(2).lower()]
+        return (now or datetime.now(UTC)) - timedelta(**{unit: amount})
+    try:
+        parsed = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise InvalidConfigError(
+            f"{option} {value!r}: expected a duration such as 30m, 2h, 7d or an ISO date/time "
+            "such as 2025-12-01 or 2025-12-01T10:00:00Z"
+        ) from None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
 # --- setup ------------------------------------------------------------------
