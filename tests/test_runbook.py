@@ -17,7 +17,6 @@ import uuid
 import pytest
 from temporalio.client import Client
 
-from dropzone.connection_config import config_to_storable, parse_connection_config
 from starter.api import start_export
 from starter.devstack import find_binary
 from tests.conftest import add_connection
@@ -55,7 +54,7 @@ def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[
     return result
 
 
-async def test_authentication_failed(dropzone_cli, dropzone_cli_in_process, client: Client, run_worker, openssh_server, ledger):
+async def test_authentication_failed(dropzone_cli, dropzone_cli_in_process, client: Client, run_worker, openssh_server, ledger, tmp_path):
     fast = dropzone_cli_in_process
     org_id = uuid.uuid4()
     org = str(org_id)
@@ -88,8 +87,10 @@ async def test_authentication_failed(dropzone_cli, dropzone_cli_in_process, clie
         assert tested.returncode != 0 and "auth" in tested.stderr.lower(), tested.stderr
 
         # Fix the credentials (stored encrypted), test again, then retry every FAILED export of the org.
-        fixed = {**config, "password": openssh_server.password}
-        ledger.update_connection_config(connection_id, config_to_storable(parse_connection_config(fixed)))
+        password_file = tmp_path / "password"
+        password_file.write_text(openssh_server.password + "\n")
+        password_file.chmod(0o600)
+        ok(await fast("connections", "update", connection_id, "--password-file", str(password_file)))
         ok(await fast("connections", "test", connection_id))
         dry = ok(await fast("retry", "--all-failed", "--org", org, "--dry-run"))
         assert "would retry 2 of 2 FAILED exports" in dry.stdout

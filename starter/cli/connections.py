@@ -112,6 +112,34 @@ def _check_ssh_key(config: Any, source: str | None) -> None:
         raise InvalidConfigError(f"{exc.message}{where}") from None
 
 
+def _one_stdin_reader(
+    config_file: str | None, password_file: str | None, ssh_key_file: str | None, passphrase_file: str | None
+) -> None:
+    stdin_users = [
+        name
+        for name, value in (
+            ("--config-file", config_file),
+            ("--password-file", password_file),
+            ("--ssh-key-file", ssh_key_file),
+            ("--ssh-key-passphrase-file", passphrase_file),
+        )
+        if value == STDIN
+    ]
+    if len(stdin_users) > 1:
+        raise InvalidConfigError(f"only one of {', '.join(stdin_users)} can read standard input ('-')")
+
+
+def _apply_secret_files(
+    raw: dict[str, Any], password_file: str | None, ssh_key_file: str | None, passphrase_file: str | None
+) -> None:
+    if password_file is not None:
+        raw["password"] = _strip_line_end(_read_secret_file(password_file, "password file"))
+    if ssh_key_file is not None:
+        raw["ssh_key"] = _read_secret_file(ssh_key_file, "ssh key file")
+    if passphrase_file is not None:
+        raw["ssh_key_passphrase"] = _strip_line_end(_read_secret_file(passphrase_file, "ssh key passphrase file"))
+
+
 # --- commands ---------------------------------------------------------------------
 
 
@@ -147,18 +175,7 @@ def connections_add(
 ) -> None:
     """Add a connection; the config is validated, then stored encrypted."""
     org_id = parse_uuid(org, "--org")
-    stdin_users = [
-        name
-        for name, value in (
-            ("--config-file", config_file),
-            ("--password-file", password_file),
-            ("--ssh-key-file", ssh_key_file),
-            ("--ssh-key-passphrase-file", ssh_key_passphrase_file),
-        )
-        if value == STDIN
-    ]
-    if len(stdin_users) > 1:
-        raise InvalidConfigError(f"only one of {', '.join(stdin_users)} can read standard input ('-')")
+    _one_stdin_reader(config_file, password_file, ssh_key_file, ssh_key_passphrase_file)
     flags = {
         "host": host,
         "port": port,
@@ -174,14 +191,7 @@ def connections_add(
         raw.update({k: v for k, v in flags.items() if v is not None})
     else:
         raw = _flag_config(mode, flags)
-    if password_file is not None:
-        raw["password"] = _strip_line_end(_read_secret_file(password_file, "password file"))
-    if ssh_key_file is not None:
-        raw["ssh_key"] = _read_secret_file(ssh_key_file, "ssh key file")
-    if ssh_key_passphrase_file is not None:
-        raw["ssh_key_passphrase"] = _strip_line_end(
-            _read_secret_file(ssh_key_passphrase_file, "ssh key passphrase file")
-        )
+    _apply_secret_files(raw, password_file, ssh_key_file, ssh_key_passphrase_file)
     config = default_registry().get(connector_type).parse_config(raw)
     _check_ssh_key(config, ssh_key_file if ssh_key_file not in (None, STDIN) else None)
     ledger = open_ledger(load_settings())
@@ -201,6 +211,44 @@ def connections_add(
                 "fingerprint with the server's operator, then rerun with --trust",
                 highlight=False,
             )
+
+
+@connections_app.command("update")
+@handle_errors
+def connections_update(
+    connection_id: str = typer.Argument(..., help="Connection UUID."),
+    config_file: str | None = typer.Option(
+        None, "--config-file", help="JSON with the fields to change (merged into the stored config); '-' reads stdin."
+    ),
+    export_path: str | None = typer.Option(None, "--export-path"),
+    ack_path: str | None = typer.Option(None, "--ack-path"),
+    poll_interval: int | None = typer.Option(None, "--poll-interval"),
+    password_file: str | None = typer.Option(None, "--password-file", help="New SFTP password (file mode 0600)."),
+    ssh_key_file: str | None = typer.Option(None, "--ssh-key-file", help="New private key file (mode 0600)."),
+    ssh_key_passphrase_file: str | None = typer.Option(None, "--ssh-key-passphrase-file"),
+    json_output: bool = typer.Option(False, "--json"),
+) -> None:
+    """Change a connection's config (e.g. rotated ERP credentials); validated, then stored encrypted."""
+    cid = parse_uuid(connection_id, "connection")
+    _one_stdin_reader(config_file, password_file, ssh_key_file, ssh_key_passphrase_file)
+    ledger = open_ledger(load_settings())
+    try:
+        record = ledger.get_connection(cid)
+        raw = dict(record.config)
+        if config_file is not None:
+            raw.update(_load_config_file(config_file))
+        flags = {"export_path": export_path, "ack_path": ack_path, "poll_interval_seconds": poll_interval}
+        raw.update({k: v for k, v in flags.items() if v is not None})
+        _apply_secret_files(raw, password_file, ssh_key_file, ssh_key_passphrase_file)
+        config = default_registry().get(record.connector_type).parse_config(raw)
+        _check_ssh_key(config, ssh_key_file if ssh_key_file not in (None, STDIN) else None)
+        ledger.update_connection_config(cid, config_to_storable(config))
+    finally:
+        ledger.dispose()
+    if json_output:
+        print_json({"id": str(cid), "config": redacted(config)})
+    else:
+        out.print(f"connection {cid} updated; check it with 'dropzone connections test {cid}'", highlight=False)
 
 
 @connections_app.command("list")
