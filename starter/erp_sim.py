@@ -1,92 +1,382 @@
-"""A small ERP simulator for a filesystem dropzone (used by `dropzone demo`).
+"""The ERP simulator: the ERP's side of any dropzone, filesystem or SFTP.
 
 It behaves like a careful ERP: it reads only complete export files (never
-``*.tmp``), validates them as orderflow_export_json_v1, and answers each with
-an ``ack_`` or ``error_`` file written atomically (temp name, then rename).
+``*.tmp``), validates each against ``orderflow_export_json_v1`` (the
+``ExportV1`` model plus the key order DESIGN 5.2 fixes), and answers each with
+an ``ack_`` or ``error_`` file written atomically (a hidden temporary file,
+then a rename that never replaces).  Rejection rules and a processing delay
+are configurable.  It talks to the dropzone only through the transport layer
+(``ErpSide``), so it works against any connection the pipeline can deliver to.
+
+Used by ``dropzone demo`` and ``dropzone dev`` (in a thread) and by
+``dropzone erp-sim`` (in the foreground, against a user's staging dropzone).
 """
 
 from __future__ import annotations
 
 import json
-import os
+import random
 import threading
+import time
+import types
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from dropzone.export_v1 import EXPORT_FORMAT_VERSION
+from pydantic import BaseModel, ValidationError
 
-Decision = tuple[bool, str]  # (accepted, erp_order_id or error_code)
+from dropzone import errors, naming
+from dropzone.connection_config import (
+    FilesystemConfig,
+    SftpConfig,
+    parse_connection_config,
+)
+from dropzone.export_v1 import ExportV1, validation_problems
+from dropzone.transports.base import FileDropzoneBase
+
+__all__ = [
+    "Answer",
+    "ErpRules",
+    "ErpSimulator",
+    "FilesystemErpSimulator",
+    "open_erp_side",
+    "validate_export",
+]
+
+MAX_EXPORT_BYTES = 64 * 1024 * 1024
+MAX_REPORTED_PROBLEMS = 5
+INVALID_FORMAT = "INVALID_FORMAT"
+INVALID_CUSTOMER = "INVALID_CUSTOMER"
+SIMULATED_REJECTION = "SIMULATED_REJECTION"
 
 
-def accept_all(document: dict[str, Any]) -> Decision:
-    return True, ""
+# ---------------------------------------------------------------------------
+# what the ERP checks and decides (pure)
+# ---------------------------------------------------------------------------
 
 
-def write_atomically(path: Path, body: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.writing")
-    tmp.write_text(json.dumps(body), encoding="utf-8")
-    os.replace(tmp, path)
+def validate_export(body: bytes) -> tuple[ExportV1 | None, list[str]]:
+    """(the document, []) for a valid orderflow_export_json_v1 file, else (None, problems)."""
+    try:
+        raw = json.loads(body)
+    except (UnicodeDecodeError, ValueError):
+        return None, ["not UTF-8 JSON"]
+    problems = _key_problems(raw, ExportV1, "")
+    try:
+        document = ExportV1.model_validate(raw)
+    except ValidationError as exc:
+        problems += [f"{path}: {reason}" for path, reason in validation_problems(exc)]
+        document = None
+    return (document, []) if not problems and document is not None else (None, problems)
+
+
+def _key_problems(data: Any, model: type[BaseModel], path: str) -> list[str]:
+    """DESIGN 5.2: exactly the model's keys, in its field order, at every level."""
+    if not isinstance(data, dict):
+        return []  # the model reports the wrong type
+    where = path or "(document)"
+    expected = list(model.model_fields)
+    problems = []
+    unexpected = [key for key in data if key not in model.model_fields]
+    missing = [key for key in expected if key not in data]
+    if unexpected:
+        problems.append(f"{where}: unexpected key(s) {', '.join(repr(k[:40]) for k in unexpected[:5])}")
+    if missing:
+        problems.append(f"{where}: missing key(s) {', '.join(missing)}")
+    if [key for key in data if key in model.model_fields] != [key for key in expected if key in data]:
+        problems.append(f"{where}: keys out of order (expected {', '.join(expected)})")
+    for name, info in model.model_fields.items():
+        sub, is_list = _nested_model(info.annotation)
+        if sub is None or name not in data:
+            continue
+        child = f"{path}.{name}" if path else name
+        value = data[name]
+        if is_list and isinstance(value, list):
+            for i, item in enumerate(value):
+                problems += _key_problems(item, sub, f"{child}[{i}]")
+        elif not is_list:
+            problems += _key_problems(value, sub, child)
+    return problems
+
+
+def _nested_model(annotation: Any) -> tuple[type[BaseModel] | None, bool]:
+    """(model, is a list of it) for ``M``, ``M | None`` and ``list[M]`` annotations."""
+    origin = typing.get_origin(annotation)
+    if origin is list:
+        inner, _ = _nested_model(typing.get_args(annotation)[0])
+        return inner, True
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            found, is_list = _nested_model(arg)
+            if found is not None:
+                return found, is_list
+        return None, False
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation, False
+    return None, False
 
 
 @dataclass
-class FilesystemErpSimulator:
-    export_dir: Path
-    ack_dir: Path
-    decide: Callable[[dict[str, Any]], Decision] = accept_all
-    interval_seconds: float = 0.2
-    _seen: set[str] = field(default_factory=set)
-    _counter: int = 0
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
+class ErpRules:
+    """Which valid exports the simulated ERP refuses.  Changing ``reject_customers``
+    while it runs is how the demo "fixes the customer in the ERP"."""
 
-    def scan_once(self) -> int:
-        answered = 0
-        for path in sorted(self.export_dir.glob("sales_order_*.json")):
-            if path.name in self._seen:
-                continue
-            self._seen.add(path.name)
-            self._answer(path)
-            answered += 1
-        return answered
+    reject_customers: set[str] = field(default_factory=set)
+    reject_rate: float = 0.0
+    seed: int | None = None
+    _rng: random.Random = field(init=False, repr=False)
 
-    def _answer(self, path: Path) -> None:
-        processed_at = "2025-12-27T10:10:00Z"
-        try:
-            document = json.loads(path.read_bytes())
-            valid = document.get("export_version") == EXPORT_FORMAT_VERSION
-        except (OSError, ValueError):
-            document, valid = {}, False
-        if not valid:
-            write_atomically(self.ack_dir / f"error_{path.name}", {
-                "status": "FAILED", "error_code": "INVALID_FORMAT",
-                "message": "not an orderflow_export_json_v1 document", "processed_at": processed_at,
-            })
-            return
-        accepted, value = self.decide(document)
-        if accepted:
-            self._counter += 1
-            erp_order_id = value or f"SO-{self._counter:06d}"
-            write_atomically(self.ack_dir / f"ack_{path.name}", {
-                "status": "ACKED", "erp_order_id": erp_order_id, "processed_at": processed_at,
-            })
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.reject_rate <= 1.0:
+            raise errors.InvalidConfigError(f"reject rate {self.reject_rate} must be between 0 and 1")
+        self._rng = random.Random(self.seed)
+
+    def rejection(self, document: ExportV1) -> tuple[str, str] | None:
+        """(error_code, message) when the ERP refuses this order, else None."""
+        number = document.customer.erp_customer_number
+        if number in self.reject_customers:
+            return INVALID_CUSTOMER, f"Customer {number} not found in ERP"
+        if self.reject_rate and self._rng.random() < self.reject_rate:
+            return SIMULATED_REJECTION, "rejected at random by the ERP simulator (reject rate)"
+        return None
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What the simulated ERP wrote back for one export file."""
+
+    export_filename: str
+    status: Literal["ACKED", "FAILED"]
+    erp_order_id: str | None = None
+    error_code: str | None = None
+    message: str | None = None
+
+    @property
+    def ack_name(self) -> str:
+        if self.status == "ACKED":
+            return naming.ack_name(self.export_filename)
+        return naming.error_ack_name(self.export_filename)
+
+    def body(self, processed_at: datetime) -> bytes:
+        stamp = processed_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        if self.status == "ACKED":
+            doc: dict[str, Any] = {"status": "ACKED", "erp_order_id": self.erp_order_id, "processed_at": stamp}
         else:
-            write_atomically(self.ack_dir / f"error_{path.name}", {
-                "status": "FAILED", "error_code": value, "message": f"rejected by the ERP simulator ({value})",
-                "processed_at": processed_at,
-            })
+            doc = {"status": "FAILED", "error_code": self.error_code, "message": self.message, "processed_at": stamp}
+        return json.dumps(doc).encode("utf-8")
 
-    def start(self) -> FilesystemErpSimulator:
-        self._thread = threading.Thread(target=self._loop, name="erp-sim", daemon=True)
+    def describe(self) -> str:
+        if self.status == "ACKED":
+            return f"ACKED  {self.export_filename} -> {self.erp_order_id}"
+        return f"FAILED {self.export_filename} {self.error_code}: {self.message}"
+
+
+# ---------------------------------------------------------------------------
+# the simulator
+# ---------------------------------------------------------------------------
+
+
+def open_erp_side(config: SftpConfig | FilesystemConfig) -> FileDropzoneBase:
+    """The ERP's own session on the dropzone a connection config describes."""
+    if not config.ack_path:
+        raise errors.InvalidConfigError(
+            "the connection has no ack_path: the ERP simulator has nowhere to write its answers"
+        )
+    if isinstance(config, FilesystemConfig):
+        from dropzone.transports.filesystem import FilesystemDropzone
+
+        return FilesystemDropzone(config)
+    from dropzone.transports.sftp_extra import open_erp_side_sftp
+
+    return open_erp_side_sftp(config)
+
+
+class ErpSimulator:
+    """Answers every complete export file in a dropzone, ``delay_seconds`` after first seeing it.
+
+    ``open_side`` opens the ERP's session (reopened after a transient failure).
+    Exports already answered — an ``ack_``/``error_`` file in ack_path or in the
+    worker's ``processed/``/``error/`` folders — are never answered twice, even
+    across restarts.  One thread at a time: ``run`` in the foreground, or
+    ``start``/``stop`` for a background thread.
+    """
+
+    def __init__(
+        self,
+        open_side: Callable[[], FileDropzoneBase],
+        rules: ErpRules | None = None,
+        *,
+        delay_seconds: float = 0.0,
+        interval_seconds: float = 0.5,
+        max_export_bytes: int = MAX_EXPORT_BYTES,
+        on_answer: Callable[[Answer], None] | None = None,
+        on_problem: Callable[[errors.DropzoneError], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if delay_seconds < 0 or interval_seconds <= 0:
+            raise errors.InvalidConfigError("delay must be >= 0 and interval > 0 seconds")
+        self.rules = rules or ErpRules()
+        self.delay_seconds = delay_seconds
+        self.interval_seconds = interval_seconds
+        self.max_export_bytes = max_export_bytes
+        self._open_side = open_side
+        self._on_answer = on_answer
+        self._on_problem = on_problem
+        self._clock = clock
+        self._side: FileDropzoneBase | None = None
+        self._answered: set[str] | None = None  # read from the dropzone on the first scan
+        self._due: dict[str, float] = {}
+        self._sequence = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.answers: list[Answer] = []
+        self.error: errors.DropzoneError | None = None
+
+    # ----- one pass -----
+
+    def scan_once(self, *, only_known: bool = False) -> list[Answer]:
+        """List the exports, note new ones, answer those whose delay has passed."""
+        side = self._session()
+        names = side.list_exports()
+        if self._answered is None:
+            self._answered = side.answered_exports()
+            # Order ids continue after the answers already there, so a restart never repeats one.
+            self._sequence = len(self._answered)
+        now = self._clock()
+        if not only_known:
+            for name in names:
+                if name not in self._answered and name not in self._due:
+                    self._due[name] = now + self.delay_seconds
+        present = set(names)
+        answers = []
+        for name, due in sorted(self._due.items(), key=lambda item: (item[1], item[0])):
+            if due > now:
+                continue
+            del self._due[name]
+            self._answered.add(name)
+            if name not in present:
+                continue  # removed before the ERP got to it
+            answer = self._answer(side, name)
+            if answer is not None:
+                answers.append(answer)
+                self.answers.append(answer)
+                if self._on_answer is not None:
+                    self._on_answer(answer)
+        return answers
+
+    def _answer(self, side: FileDropzoneBase, name: str) -> Answer | None:
+        try:
+            body = side.read_export(name, max_bytes=self.max_export_bytes)
+        except errors.MissingDirectoryError:
+            return None  # removed between listing and reading
+        answer = self.decide(name, body)
+        try:
+            side.write_ack(answer.ack_name, answer.body(datetime.now(UTC)))
+        except errors.DeliveryConflictError:
+            return None  # answered by someone else meanwhile
+        return answer
+
+    def decide(self, name: str, body: bytes) -> Answer:
+        if len(body) > self.max_export_bytes:
+            return Answer(name, "FAILED", error_code=INVALID_FORMAT,
+                          message=f"larger than {self.max_export_bytes} bytes")
+        document, problems = validate_export(body)
+        if document is None:
+            shown = "; ".join(problems[:MAX_REPORTED_PROBLEMS])
+            if len(problems) > MAX_REPORTED_PROBLEMS:
+                shown += f"; and {len(problems) - MAX_REPORTED_PROBLEMS} more"
+            return Answer(name, "FAILED", error_code=INVALID_FORMAT,
+                          message=f"not a valid orderflow_export_json_v1 document: {shown}")
+        rejection = self.rules.rejection(document)
+        if rejection is not None:
+            return Answer(name, "FAILED", error_code=rejection[0], message=rejection[1])
+        self._sequence += 1
+        return Answer(name, "ACKED", erp_order_id=f"SO-{self._sequence:06d}")
+
+    def pending(self) -> int:
+        return len(self._due)
+
+    # ----- loops -----
+
+    def run(self, stop: threading.Event | None = None) -> None:
+        """Scan until ``stop`` is set; transient dropzone failures are reported and retried."""
+        stop = stop or self._stop
+        try:
+            while True:
+                try:
+                    self.scan_once()
+                except errors.TransientError as exc:
+                    self._drop_session()
+                    self._report(exc)
+                if stop.wait(self._next_wait()):
+                    return
+        finally:
+            self.close()
+
+    def run_once(self) -> list[Answer]:
+        """Answer the exports present now (waiting out the delay), then return."""
+        answers = self.scan_once()
+        while self._due:
+            time.sleep(max(0.0, min(self._due.values()) - self._clock()))
+            answers += self.scan_once(only_known=True)
+        return answers
+
+    def _next_wait(self) -> float:
+        if not self._due:
+            return self.interval_seconds
+        return max(0.01, min(self.interval_seconds, min(self._due.values()) - self._clock()))
+
+    def start(self) -> ErpSimulator:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run_in_thread, name="erp-sim", daemon=True)
         self._thread.start()
         return self
 
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval_seconds):
-            self.scan_once()
+    def _run_in_thread(self) -> None:
+        try:
+            self.run(self._stop)
+        except errors.DropzoneError as exc:  # permanent: say so instead of dying silently
+            self.error = exc
+            self._report(exc)
 
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(5)
+            self._thread.join(10)
+            self._thread = None
+
+    # ----- session -----
+
+    def _session(self) -> FileDropzoneBase:
+        if self._side is None:
+            self._side = self._open_side()
+        return self._side
+
+    def _drop_session(self) -> None:
+        side, self._side = self._side, None
+        if side is not None:
+            try:
+                side.close()
+            except errors.DropzoneError:
+                pass
+
+    def close(self) -> None:
+        self._drop_session()
+
+    def _report(self, exc: errors.DropzoneError) -> None:
+        if self._on_problem is not None:
+            self._on_problem(exc)
+
+
+class FilesystemErpSimulator(ErpSimulator):
+    """The simulator on two local directories (the demo's dropzone, tests)."""
+
+    def __init__(self, export_dir: Path, ack_dir: Path, rules: ErpRules | None = None, **options: Any) -> None:
+        config = parse_connection_config(
+            {"mode": "filesystem", "export_path": str(export_dir), "ack_path": str(ack_dir)}
+        )
+        options.setdefault("interval_seconds", 0.2)
+        super().__init__(lambda: open_erp_side(config), rules, **options)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import hashlib
+import re
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -30,10 +31,13 @@ __all__ = [
     "AckFile",
     "AckFolder",
     "DeliveryResult",
+    "DirEntry",
     "Dropzone",
+    "ErpSide",
     "FileDropzoneBase",
     "ProbeResult",
     "check_name",
+    "is_export_name",
 ]
 
 AckFolder = Literal["processed", "error"]
@@ -42,6 +46,10 @@ ProgressCallback = Callable[[int], None]
 HASH_CHUNK = 1024 * 1024
 PROBE_BODY = b"orderflow-dropzone probe: safe to delete\n"
 _MAX_SUFFIX = 1000
+# What a complete export file is called (naming.export_filename); ``*.tmp`` never matches.
+_EXPORT_NAME = re.compile(r"sales_order_[A-Za-z0-9_-]+\.json")
+# A moved ack that met a name already taken got a numeric suffix (move_ack).
+_MOVED_SUFFIX = re.compile(r"\.\d+$")
 
 
 @dataclass(frozen=True)
@@ -122,6 +130,38 @@ class Dropzone(Protocol):
     ) -> None: ...
 
 
+@runtime_checkable
+class ErpSide(Protocol):
+    """What the ERP does with a dropzone: the other end of ``Dropzone``.
+
+    Used by the ERP simulator (``dropzone erp-sim``) and by tooling that plays
+    the ERP against a staging dropzone; the export pipeline never calls it.
+    """
+
+    def list_exports(self) -> list[str]:
+        """Complete export files (``sales_order_*.json``) in export_path, sorted; never ``*.tmp``."""
+        ...
+
+    def read_export(self, name: str, *, max_bytes: int) -> bytes:
+        """At most ``max_bytes + 1`` bytes, so a caller can tell "too large"."""
+        ...
+
+    def answered_exports(self) -> set[str]:
+        """Export file names that have an ``ack_``/``error_`` file in ack_path or in
+        its ``processed/`` and ``error/`` folders (where the worker moves them)."""
+        ...
+
+    def write_ack(self, name: str, body: bytes) -> str:
+        """Write ``<ack_path>/<name>`` atomically (hidden temp file, then a rename that
+        never replaces); DeliveryConflictError when the name exists.  Returns the path."""
+        ...
+
+
+def is_export_name(name: str) -> bool:
+    """A complete export file's name (``sales_order_*.json``), safe to join to a directory."""
+    return _EXPORT_NAME.fullmatch(name) is not None and naming().is_safe_filename(name)
+
+
 def naming() -> ModuleType:
     # Imported lazily: dropzone.naming is owned elsewhere and only its API matters here.
     from dropzone import naming as _naming
@@ -142,6 +182,14 @@ class StatResult:
     mtime: float
     is_dir: bool
     is_file: bool
+
+
+@dataclass(frozen=True)
+class DirEntry:
+    """One name in a directory listing, with what ``_stat`` would say about it."""
+
+    name: str
+    stat: StatResult
 
 
 class FileDropzoneBase(abc.ABC):
@@ -202,6 +250,12 @@ class FileDropzoneBase(abc.ABC):
     @abc.abstractmethod
     def _mkdir(self, path: str) -> None:
         """Create the directory; fine if it already exists."""
+
+    def _listdir(self, directory: str) -> list[DirEntry]:
+        """Every entry of ``directory`` except ``.``/``..`` (no symlinks followed);
+        MissingDirectoryError when it does not exist.  Not abstract, so that a
+        transport without it still delivers; the ERP side needs it."""
+        raise NotImplementedError(f"{type(self).__name__} cannot list directories")
 
     def _host_key_fingerprint(self) -> str | None:
         return None
@@ -367,6 +421,66 @@ class FileDropzoneBase(abc.ABC):
             if self._rename_noreplace(src, candidate):
                 return candidate
         raise errors.DeliveryConflictError(f"{self.label}: no free name for {name} in {target_dir}")
+
+    # ----- the ERP's side (ErpSide): simulators and staging tools, never the pipeline -----
+
+    def list_exports(self) -> list[str]:
+        return sorted(
+            entry.name
+            for entry in self._listdir(self.export_path)
+            if entry.stat.is_file and is_export_name(entry.name)
+        )
+
+    def read_export(self, name: str, *, max_bytes: int) -> bytes:
+        if not is_export_name(name):
+            raise errors.InvalidConfigError(f"{self.label}: {name!r} is not an export file name")
+        if max_bytes < 0:
+            raise ValueError("max_bytes must be >= 0")
+        path = self._join(self.export_path, name)
+        data = self._read_prefix(path, max_bytes + 1)
+        if data is None:
+            raise errors.MissingDirectoryError(f"{self.label}: export file {path} does not exist")
+        return data
+
+    def answered_exports(self) -> set[str]:
+        ack_dir = self._require_ack_path()
+        nm = naming()
+        answered: set[str] = set()
+        for folder in (None, nm.PROCESSED_DIR, nm.ERROR_DIR):
+            directory = ack_dir if folder is None else self._join(ack_dir, folder)
+            if folder is not None:
+                st = self._stat(directory)
+                if st is None or not st.is_dir:
+                    continue  # created by the worker on its first move
+            for entry in self._listdir(directory):
+                name = entry.name if folder is None else _MOVED_SUFFIX.sub("", entry.name)
+                parsed = nm.parse_ack_name(name)
+                if parsed is not None and entry.stat.is_file:
+                    answered.add(parsed[1])
+        return answered
+
+    def write_ack(self, name: str, body: bytes) -> str:
+        ack_dir = self._require_ack_path()
+        check_name(name, what="ack file name")
+        if naming().parse_ack_name(name) is None:
+            raise errors.InvalidConfigError(f"{self.label}: {name!r} is not an ack_/error_ file name")
+        final = self._join(ack_dir, name)
+        # Hidden and ending in .tmp: the ack poller stats exact names, and people listing
+        # the directory do not see half-written files.  Built from checked parts only.
+        tmp = self._join(ack_dir, f".{name}.{uuid.uuid4().hex}.tmp")
+        published = False
+        try:
+            written, digest = self._write_new(tmp, [body], limit=len(body), exclusive=True, progress=None)
+            self._verify_written(
+                tmp, written=written, digest=digest, size=len(body), sha256=hashlib.sha256(body).hexdigest()
+            )
+            published = self._rename_noreplace(tmp, final)
+        finally:
+            if not published:
+                self._remove_quietly(tmp)
+        if not published:
+            raise errors.DeliveryConflictError(f"{self.label}: {final} already exists; not overwriting")
+        return final
 
     # ----- probe -----
 

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator
 from dropzone import errors
 from dropzone.connection_config import FilesystemConfig
 from dropzone.transports.base import (
+    DirEntry,
     FileDropzoneBase,
     HashingLimiter,
     ProgressCallback,
@@ -74,12 +75,27 @@ class FilesystemDropzone(FileDropzoneBase):
                 st = os.stat(path)
             except FileNotFoundError:
                 return None
+        return self._stat_result(st)
+
+    @staticmethod
+    def _stat_result(st: os.stat_result) -> StatResult:
         return StatResult(
             size=st.st_size,
             mtime=st.st_mtime,
             is_dir=stat_mod.S_ISDIR(st.st_mode),
             is_file=stat_mod.S_ISREG(st.st_mode),
         )
+
+    def _listdir(self, directory: str) -> list[DirEntry]:
+        entries: list[DirEntry] = []
+        with self._os("list", directory), os.scandir(directory) as it:
+            for entry in it:
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:  # removed or moved meanwhile
+                    continue
+                entries.append(DirEntry(entry.name, self._stat_result(st)))
+        return entries
 
     def _write_new(
         self,
