@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
 import sys
 import uuid
@@ -21,19 +20,8 @@ DROPZONE = [sys.executable, "-m", "starter.cli"]
 
 
 @pytest.fixture
-def cli_env(migrated_db_url, seaweedfs, temporal_env, config_key, tmp_path) -> dict[str, str]:  # type: ignore[no-untyped-def]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DROPZONE_")}
-    env.update({
-        "DROPZONE_ENV_FILE": str(tmp_path / "absent.env"),
-        "DROPZONE_DATABASE_URL": str(migrated_db_url),
-        "DROPZONE_S3_ENDPOINT_URL": seaweedfs.endpoint_url,
-        "DROPZONE_S3_BUCKET": seaweedfs.bucket,
-        "DROPZONE_S3_ACCESS_KEY": seaweedfs.access_key,
-        "DROPZONE_S3_SECRET_KEY": seaweedfs.secret_key,
-        "DROPZONE_TEMPORAL_ADDRESS": temporal_env.client.service_client.config.target_host,
-        "DROPZONE_CONFIG_KEYS": config_key,
-    })
-    return env
+def cli_env(dropzone_env: dict[str, str]) -> dict[str, str]:
+    return dropzone_env
 
 
 async def dropzone(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:

@@ -97,17 +97,8 @@ def s3(seaweedfs):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def cli_env(migrated_db_url, seaweedfs, temporal_env, config_key, tmp_path) -> dict[str, str]:  # type: ignore[no-untyped-def]
-    return {
-        "DROPZONE_ENV_FILE": str(tmp_path / "absent.env"),
-        "DROPZONE_DATABASE_URL": str(migrated_db_url),
-        "DROPZONE_S3_ENDPOINT_URL": seaweedfs.endpoint_url,
-        "DROPZONE_S3_BUCKET": seaweedfs.bucket,
-        "DROPZONE_S3_ACCESS_KEY": seaweedfs.access_key,
-        "DROPZONE_S3_SECRET_KEY": seaweedfs.secret_key,
-        "DROPZONE_TEMPORAL_ADDRESS": temporal_env.client.service_client.config.target_host,
-        "DROPZONE_CONFIG_KEYS": config_key,
-    }
+def cli_env(dropzone_env: dict[str, str]) -> dict[str, str]:
+    return dropzone_env
 
 
 def test_dropzone_export_refuses_every_bad_draft_and_writes_nothing(cli_env, fs_target, ledger, s3, tmp_path):
