@@ -22,10 +22,10 @@ import re
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from types import ModuleType, TracebackType
+from types import TracebackType
 from typing import Literal, Protocol, runtime_checkable
 
-from dropzone import errors
+from dropzone import errors, naming
 
 __all__ = [
     "AckFile",
@@ -159,19 +159,12 @@ class ErpSide(Protocol):
 
 def is_export_name(name: str) -> bool:
     """A complete export file's name (``sales_order_*.json``), safe to join to a directory."""
-    return _EXPORT_NAME.fullmatch(name) is not None and naming().is_safe_filename(name)
-
-
-def naming() -> ModuleType:
-    # Imported lazily: dropzone.naming is owned elsewhere and only its API matters here.
-    from dropzone import naming as _naming
-
-    return _naming
+    return _EXPORT_NAME.fullmatch(name) is not None and naming.is_safe_filename(name)
 
 
 def check_name(name: str, *, what: str = "file name") -> str:
     """Refuse any name that could escape its directory (raises InvalidConfigError)."""
-    if not isinstance(name, str) or not naming().is_safe_filename(name):
+    if not isinstance(name, str) or not naming.is_safe_filename(name):
         raise errors.InvalidConfigError(f"unsafe {what} {name!r}: only [A-Za-z0-9._-], not starting with '.'")
     return name
 
@@ -285,7 +278,7 @@ class FileDropzoneBase(abc.ABC):
         if not self.atomic_write:
             return self._deliver_direct(final, chunks, size=size, sha256=sha256, progress=progress)
 
-        tmp_name = check_name(naming().tmp_name(filename, token), what="temporary file name")
+        tmp_name = check_name(naming.tmp_name(filename, token), what="temporary file name")
         tmp = self._join(self.export_path, tmp_name)
         published = False
         try:
@@ -377,10 +370,9 @@ class FileDropzoneBase(abc.ABC):
     def list_acks(self, export_filename: str) -> list[AckFile]:
         ack_dir = self._require_ack_path()
         check_name(export_filename)
-        nm = naming()
         found: list[AckFile] = []
         # Stat the two exact names instead of listing: ack directories grow large.
-        for kind, name in (("ack", nm.ack_name(export_filename)), ("error", nm.error_ack_name(export_filename))):
+        for kind, name in (("ack", naming.ack_name(export_filename)), ("error", naming.error_ack_name(export_filename))):
             check_name(name)
             st = self._stat(self._join(ack_dir, name))
             if st is not None and st.is_file:
@@ -403,8 +395,8 @@ class FileDropzoneBase(abc.ABC):
     def move_ack(self, name: str, folder: AckFolder) -> str:
         ack_dir = self._require_ack_path()
         check_name(name)
-        nm = naming()
-        dirs = {"processed": nm.PROCESSED_DIR, "error": nm.ERROR_DIR}
+
+        dirs = {"processed": naming.PROCESSED_DIR, "error": naming.ERROR_DIR}
         if folder not in dirs:
             raise ValueError(f"folder must be 'processed' or 'error', not {folder!r}")
         src = self._join(ack_dir, name)
@@ -444,9 +436,9 @@ class FileDropzoneBase(abc.ABC):
 
     def answered_exports(self) -> set[str]:
         ack_dir = self._require_ack_path()
-        nm = naming()
+
         answered: set[str] = set()
-        for folder in (None, nm.PROCESSED_DIR, nm.ERROR_DIR):
+        for folder in (None, naming.PROCESSED_DIR, naming.ERROR_DIR):
             directory = ack_dir if folder is None else self._join(ack_dir, folder)
             if folder is not None:
                 st = self._stat(directory)
@@ -454,7 +446,7 @@ class FileDropzoneBase(abc.ABC):
                     continue  # created by the worker on its first move
             for entry in self._listdir(directory):
                 name = entry.name if folder is None else _MOVED_SUFFIX.sub("", entry.name)
-                parsed = nm.parse_ack_name(name)
+                parsed = naming.parse_ack_name(name)
                 if parsed is not None and entry.stat.is_file:
                     answered.add(parsed[1])
         return answered
@@ -462,7 +454,7 @@ class FileDropzoneBase(abc.ABC):
     def write_ack(self, name: str, body: bytes) -> str:
         ack_dir = self._require_ack_path()
         check_name(name, what="ack file name")
-        if naming().parse_ack_name(name) is None:
+        if naming.parse_ack_name(name) is None:
             raise errors.InvalidConfigError(f"{self.label}: {name!r} is not an ack_/error_ file name")
         final = self._join(ack_dir, name)
         # Hidden and ending in .tmp: the ack poller stats exact names, and people listing
