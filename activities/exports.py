@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 from temporalio import activity
 
@@ -32,6 +33,7 @@ from dropzone.contracts import (
 )
 from dropzone.errors import InvalidConfigError, InvalidDraftError
 from dropzone.export_v1 import DraftOrder, iter_render_export, validate_draft
+from dropzone.large_drafts import DraftHead, stream_validated_export
 from dropzone.ledger import Ledger
 from dropzone.transports.object_storage import ObjectStore
 
@@ -39,17 +41,23 @@ from dropzone.transports.object_storage import ObjectStore
 # file so a 300,000-line order is never held whole several times.
 SPOOL_IN_MEMORY_BYTES = 8 * 1024 * 1024
 READ_CHUNK = 1024 * 1024
+# Deliveries heartbeat (with bytes sent) from this long after their start, then at
+# most this often; far inside the 30 s heartbeat timeout of workflows/policies.py.
+FIRST_HEARTBEAT_AFTER_SECONDS = 5.0
+HEARTBEAT_EVERY_SECONDS = 2.0
+# Above this size a retried render_and_store checks for its object before uploading again.
+SKIP_REUPLOAD_ABOVE_BYTES = 4 * 1024 * 1024
 # A draft referenced by key may be large, but not unbounded.
 MAX_DRAFT_REF_BYTES = 512 * 1024 * 1024
 
 
-def summarize(draft: DraftOrder) -> DraftSummary:
+def summarize(draft: DraftOrder, line_count: int | None = None) -> DraftSummary:
     return DraftSummary(
         draft_order_id=draft.draft_order_id,
         org_id=draft.org_id,
         org_slug=draft.org_slug,
         external_order_number=draft.header.external_order_number,
-        line_count=len(draft.lines),
+        line_count=len(draft.lines) if line_count is None else line_count,
     )
 
 
@@ -59,24 +67,71 @@ def _iter_file(handle: BinaryIO) -> Iterator[bytes]:
         yield chunk
 
 
+class _Heartbeats:
+    """Progress callback for a delivery: heartbeats once the transfer has run a while.
+
+    The heartbeat timeout (30 s) is what detects a stalled transfer; deliveries
+    shorter than ``FIRST_HEARTBEAT_AFTER_SECONDS`` need none, and the SDK would
+    send the very first one at once: an RPC per export that cost the Temporal
+    server ~10 % of its CPU in a burst of small exports (benchmarks/).
+    """
+
+    def __init__(self) -> None:
+        self._next = time.monotonic() + FIRST_HEARTBEAT_AFTER_SECONDS
+
+    def __call__(self, sent: int) -> None:
+        now = time.monotonic()
+        if now >= self._next:
+            self._next = now + HEARTBEAT_EVERY_SECONDS
+            activity.heartbeat(sent)
+
+
+class _HashingWriter:
+    """Writes rendered pieces to the spool while hashing and counting them."""
+
+    def __init__(self, out: IO[bytes]) -> None:
+        self._out = out
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def write(self, chunk: bytes) -> None:
+        self.digest.update(chunk)
+        self.size += len(chunk)
+        self._out.write(chunk)
+
+
 class ExportActivities:
     def __init__(self, ledger: Ledger, store: ObjectStore, connectors: ConnectorRegistry) -> None:
         self._ledger = ledger
         self._store = store
         self._connectors = connectors
 
-    def _load_draft(self, draft: dict | None, draft_ref: str | None) -> DraftOrder:
-        if draft is not None:
-            return validate_draft(draft)
-        assert draft_ref is not None
+    def _fetch_draft_ref(self, draft_ref: str) -> bytearray:
+        """The referenced draft's JSON, held once (never as one model per line)."""
         if not draft_ref.startswith("drafts/"):
             raise InvalidDraftError(f"draft_ref {draft_ref!r} is not under drafts/", fields=["draft_ref"])
-        return validate_draft(self._store.get_bytes(draft_ref, max_bytes=MAX_DRAFT_REF_BYTES))
+        data = self._store.get_buffer(draft_ref, max_bytes=MAX_DRAFT_REF_BYTES)
+        if data is None:
+            raise InvalidDraftError(
+                f"draft_ref {draft_ref!r} is larger than {MAX_DRAFT_REF_BYTES // 2**20} MiB", fields=["draft_ref"]
+            )
+        return data
+
+    def _render_into(self, out: _HashingWriter, draft: dict | None, draft_ref: str | None) -> None:
+        if draft is not None:
+            for chunk in iter_render_export(validate_draft(draft)):
+                out.write(chunk)
+            return
+        assert draft_ref is not None
+        # Large drafts: validated and rendered a batch of lines at a time, so the
+        # worker holds the draft's bytes once plus one batch of models.
+        stream_validated_export(self._fetch_draft_ref(draft_ref), out.write)
 
     @activity.defn
     @translate_errors
     def inspect_draft(self, ref: DraftRef) -> DraftSummary:
-        return summarize(self._load_draft(None, ref.draft_ref))
+        head: DraftHead = stream_validated_export(self._fetch_draft_ref(ref.draft_ref))
+        return summarize(head.draft, head.line_count)
 
     @activity.defn
     @translate_errors
@@ -118,24 +173,26 @@ class ExportActivities:
     @translate_errors
     def render_and_store(self, request: RenderInput) -> StoredExport:
         record = self._ledger.get_export(request.export_id)
-        draft = self._load_draft(request.draft, request.draft_ref)
-        digest = hashlib.sha256()
-        size = 0
         with tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY_BYTES) as spool:
-            for chunk in iter_render_export(draft):
-                digest.update(chunk)
-                size += len(chunk)
-                spool.write(chunk)
-            sha256 = digest.hexdigest()
-            existing = self._store.head(record.export_storage_key)
-            # Rendering is deterministic, so an object already there with our hash
-            # is this very attempt stored by an earlier execution.
-            if existing is None or existing.sha256 != sha256:
+            rendered = _HashingWriter(spool)
+            self._render_into(rendered, request.draft, request.draft_ref)
+            sha256, size = rendered.digest.hexdigest(), rendered.size
+            if not self._already_stored(record.export_storage_key, sha256, size):
                 self._store.put(record.export_storage_key, _iter_file(spool), sha256=sha256, size=size)
         self._ledger.record_stored(record.id, sha256=sha256, size_bytes=size)
         return StoredExport(
             export_id=record.id, storage_key=record.export_storage_key, sha256=sha256, size_bytes=size
         )
+
+    def _already_stored(self, key: str, sha256: str, size: int) -> bool:
+        # Rendering is deterministic, so an object already there with our hash is
+        # this very attempt stored by an earlier execution. Only worth a HEAD request
+        # for large bodies: putting the same small body again is as idempotent and
+        # cheaper than asking first on every export.
+        if size <= SKIP_REUPLOAD_ABOVE_BYTES:
+            return False
+        existing = self._store.head(key)
+        return existing is not None and existing.sha256 == sha256
 
     @activity.defn
     @translate_errors
@@ -155,7 +212,7 @@ class ExportActivities:
             size=record.size_bytes,
             sha256=record.sha256,
             token=token,
-            progress=lambda sent: activity.heartbeat(sent),
+            progress=_Heartbeats(),
         )
         sent = self._ledger.mark_sent(record.id, dropzone_path=result.path)
         return DeliveryOutcome(

@@ -54,9 +54,10 @@ from pydantic import (
     StrictInt,
     StringConstraints,
     TypeAdapter,
+    GetCoreSchemaHandler,
     ValidationError,
 )
-from pydantic_core import InitErrorDetails, PydanticCustomError
+from pydantic_core import InitErrorDetails, PydanticCustomError, core_schema
 
 from dropzone.errors import InvalidDraftError
 
@@ -154,15 +155,30 @@ IsoDate = Annotated[date, BeforeValidator(_require_date_text)]
 # quantity. int | float keeps 2 as 2 and 10.0 as 10.0 in the output. The
 # bounds sit on each member, not on the union: pydantic can only apply a bound
 # to a union through a Python validator, which doubled the cost per line.
-Quantity = (
-    Annotated[StrictInt, Field(gt=0)]
-    | Annotated[StrictFloat, Field(gt=0, allow_inf_nan=False)]
-)
-Price = (
-    Annotated[StrictInt, Field(ge=0)]
-    | Annotated[StrictFloat, Field(ge=0, allow_inf_nan=False)]
-    | None
-)
+
+
+class _SerializeByValue:
+    """Serialize a number union by the value's own type instead of trying each member.
+
+    Validation already guarantees an int or a float, which is exactly what the
+    union's serializer would pick; skipping its member checks cut ~20 % off
+    rendering the order lines (benchmarks/), with the same bytes.
+    """
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> Any:
+        schema = handler(source)
+        schema["serialization"] = core_schema.simple_ser_schema("any")
+        return schema
+
+
+Quantity = Annotated[
+    Annotated[StrictInt, Field(gt=0)] | Annotated[StrictFloat, Field(gt=0, allow_inf_nan=False)],
+    _SerializeByValue(),
+]
+Price = Annotated[
+    Annotated[StrictInt, Field(ge=0)] | Annotated[StrictFloat, Field(ge=0, allow_inf_nan=False)] | None,
+    _SerializeByValue(),
+]
 LineNo = Annotated[StrictInt, Field(gt=0)]
 
 # extra="ignore": the backend may add fields to its draft before this worker
@@ -257,6 +273,10 @@ def _unique_line_nos(lines: list[DraftLine]) -> list[DraftLine]:
     # validator would also see broken drafts, but it makes pydantic build the
     # whole raw JSON as Python objects first, which doubled validation time;
     # validate_draft covers the broken case on its (cold) error path instead.
+    # Fast path: a set of the numbers costs ~10 µs for 500 lines; the full scan
+    # (which names each duplicate) ~130 µs, so it only runs when one exists.
+    if len({line.line_no for line in lines}) == len(lines):
+        return lines
     duplicates = _duplicate_line_nos(lines)
     if duplicates:
         raise ValidationError.from_exception_data("lines", duplicates)
@@ -413,19 +433,31 @@ def _union_reasons(errors: list[dict[str, Any]], pattern_reasons: Mapping[str, s
     return [_reason(e, pattern_reasons) for e in meaningful]
 
 
+def _located(loc: tuple[int | str, ...], within: tuple[int | str, ...], index_offset: int) -> tuple[int | str, ...]:
+    if loc and isinstance(loc[0], int):
+        loc = (loc[0] + index_offset, *loc[1:])
+    return within + loc
+
+
 def validation_problems(
-    exc: ValidationError, pattern_reasons: Mapping[str, str] | None = None
+    exc: ValidationError,
+    pattern_reasons: Mapping[str, str] | None = None,
+    *,
+    within: tuple[int | str, ...] = (),
+    index_offset: int = 0,
 ) -> list[tuple[str, str]]:
     """(path, reason) pairs for every error, deduplicated, in pydantic's order.
 
     Reasons never contain input values. ``pattern_reasons`` maps a
     ``StringConstraints`` pattern to the reason shown instead of the regex.
+    ``within``/``index_offset`` place errors of a part validated on its own
+    (a batch of order lines starting at ``lines[index_offset]``) in the document.
     """
     reasons_for_pattern = {**_PATTERN_REASONS, **(pattern_reasons or {})}
     raw: list[tuple[str, list[dict[str, Any]], bool]] = []
     union_groups: dict[str, list[dict[str, Any]]] = {}
     for error in exc.errors(include_url=False):
-        loc = tuple(error["loc"])
+        loc = _located(tuple(error["loc"]), within, index_offset)
         if loc and loc[-1] in _UNION_TAGS:
             path = field_path(loc[:-1])
             if path not in union_groups:
@@ -448,13 +480,18 @@ def validation_problems(
     return problems
 
 
-def _invalid_draft(problems: list[tuple[str, str]]) -> InvalidDraftError:
+def invalid_draft(problems: list[tuple[str, str]]) -> InvalidDraftError:
     shown = "; ".join(f"{path}: {reason}" for path, reason in problems[:MAX_MESSAGE_PROBLEMS])
     hidden = len(problems) - MAX_MESSAGE_PROBLEMS
     if hidden > 0:
         shown += f"; … and {hidden} more problem(s)"
     fields = list(dict.fromkeys(path for path, _ in problems))[:MAX_REPORTED_FIELDS]
     return InvalidDraftError(f"invalid draft: {shown}", fields=fields)
+
+
+def duplicate_line_no_problem(index: int, first: int) -> tuple[str, str]:
+    """The problem ``validate_draft`` reports for ``lines[index]`` reusing ``lines[first]``'s number."""
+    return field_path(("lines", index, "line_no")), f"duplicate line_no (already used by lines[{first}])"
 
 
 def _raw_duplicate_problems(data: bytes | str | dict[str, Any]) -> list[tuple[str, str]]:
@@ -487,7 +524,7 @@ def validate_draft(data: bytes | str | dict[str, Any]) -> DraftOrder:
     if isinstance(data, (bytearray, memoryview)):
         data = bytes(data)
     if not isinstance(data, (bytes, str, dict)):
-        raise _invalid_draft([(DOCUMENT, "must be a JSON object")])
+        raise invalid_draft([(DOCUMENT, "must be a JSON object")])
     try:
         if isinstance(data, dict):
             return DraftOrder.model_validate(data)
@@ -496,7 +533,7 @@ def validate_draft(data: bytes | str | dict[str, Any]) -> DraftOrder:
         problems = validation_problems(exc)
     known = set(problems)
     problems += [p for p in _raw_duplicate_problems(data) if p not in known]
-    raise _invalid_draft(problems)
+    raise invalid_draft(problems)
 
 
 # --------------------------------------------------------------------------
@@ -540,6 +577,31 @@ def render_export(draft: DraftOrder) -> bytes:
     return _to_json(_export_document(draft, draft.lines)) + b"\n"
 
 
+def export_head_and_tail(draft: DraftOrder) -> tuple[bytes, bytes]:
+    """The export file's bytes before and after its order lines.
+
+    ``head + render_lines_chunk(first chunk, first=True) + render_lines_chunk(next,
+    first=False) + … + tail`` is ``render_export``'s output; only ``draft``'s
+    non-line fields are read, so a draft with ``lines=[]`` (built with
+    ``model_construct`` from a validated header) works too.
+    """
+    skeleton = _to_json(_export_document(draft, []))
+    # Top-level keys are the only ones indented by exactly one step, and a
+    # quote inside a string value is always escaped, so this marker is unique.
+    head, sep, tail = skeleton.partition(_LINES_OPEN + b"]")
+    if not sep or _LINES_OPEN in tail:  # pragma: no cover - layout invariant
+        raise AssertionError("lines array not found in export skeleton")
+    return head + _LINES_OPEN, _NESTING + b"]" + tail + b"\n"
+
+
+def render_lines_chunk(lines: list[DraftLine], *, first: bool) -> bytes:
+    """One run of validated order lines as they appear inside the export's array."""
+    rendered = _LINES_ADAPTER.dump_json(lines, indent=_INDENT)
+    # rendered == b"[\n  {...},\n  {...}\n]": drop the brackets, indent once more.
+    body = rendered[1:-2].replace(b"\n", _NESTING)
+    return body if first else b"," + body
+
+
 def iter_render_export(draft: DraftOrder, chunk_lines: int = 1000) -> Iterator[bytes]:
     """``render_export``'s bytes in pieces of at most ``chunk_lines`` order lines.
 
@@ -550,17 +612,9 @@ def iter_render_export(draft: DraftOrder, chunk_lines: int = 1000) -> Iterator[b
     """
     if chunk_lines < 1:
         raise ValueError("chunk_lines must be at least 1")
-    skeleton = _to_json(_export_document(draft, []))
-    # Top-level keys are the only ones indented by exactly one step, and a
-    # quote inside a string value is always escaped, so this marker is unique.
-    head, sep, tail = skeleton.partition(_LINES_OPEN + b"]")
-    if not sep or _LINES_OPEN in tail:  # pragma: no cover - layout invariant
-        raise AssertionError("lines array not found in export skeleton")
-    yield head + _LINES_OPEN
+    head, tail = export_head_and_tail(draft)
+    yield head
     lines = draft.lines
     for start in range(0, len(lines), chunk_lines):
-        rendered = _LINES_ADAPTER.dump_json(lines[start : start + chunk_lines], indent=_INDENT)
-        # rendered == b"[\n  {...},\n  {...}\n]": drop the brackets, indent once more.
-        body = rendered[1:-2].replace(b"\n", _NESTING)
-        yield body if start == 0 else b"," + body
-    yield _NESTING + b"]" + tail + b"\n"
+        yield render_lines_chunk(lines[start : start + chunk_lines], first=start == 0)
+    yield tail
