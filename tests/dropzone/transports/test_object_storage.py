@@ -11,7 +11,11 @@ from collections.abc import Iterator
 import pytest
 
 from dropzone import errors
-from dropzone.transports.object_storage import MULTIPART_THRESHOLD, ObjectInfo, ObjectStore
+from dropzone.transports.object_storage import (
+    MULTIPART_THRESHOLD,
+    ObjectInfo,
+    ObjectStore,
+)
 from tests.dropzone.transports._util import body_of, chunked, sha
 from tests.fixtures.servers import free_port
 
@@ -179,4 +183,15 @@ def test_store_stopped_and_restarted(seaweedfs, store):
             store.head(k)
     finally:
         seaweedfs.start()
-    assert store.get_bytes(k, max_bytes=10) == b"kept"  # data survived the restart
+    # The S3 port answers before the volume server has re-registered: reads fail
+    # as transient (StorageUnavailableError, which Temporal retries) for a moment.
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            body = store.get_bytes(k, max_bytes=10)
+            break
+        except errors.StorageUnavailableError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+    assert body == b"kept"  # data survived the restart
