@@ -68,7 +68,7 @@ def _iter_file(handle: BinaryIO) -> Iterator[bytes]:
 
 
 class _Heartbeats:
-    """Progress callback for a delivery: heartbeats once the transfer has run a while.
+    """Progress callback for a render or delivery: heartbeats once it has run a while.
 
     The heartbeat timeout (30 s) is what detects a stalled transfer; deliveries
     shorter than ``FIRST_HEARTBEAT_AFTER_SECONDS`` need none, and the SDK would
@@ -87,10 +87,11 @@ class _Heartbeats:
 
 
 class _HashingWriter:
-    """Writes rendered pieces to the spool while hashing and counting them."""
+    """Writes rendered pieces to the spool while hashing, counting and heartbeating."""
 
-    def __init__(self, out: IO[bytes]) -> None:
+    def __init__(self, out: IO[bytes], heartbeats: _Heartbeats) -> None:
         self._out = out
+        self._heartbeats = heartbeats
         self.digest = hashlib.sha256()
         self.size = 0
 
@@ -98,6 +99,15 @@ class _HashingWriter:
         self.digest.update(chunk)
         self.size += len(chunk)
         self._out.write(chunk)
+        self._heartbeats(self.size)
+
+
+def _with_heartbeats(chunks: Iterator[bytes], heartbeats: _Heartbeats) -> Iterator[bytes]:
+    sent = 0
+    for chunk in chunks:
+        yield chunk
+        sent += len(chunk)
+        heartbeats(sent)
 
 
 class ExportActivities:
@@ -173,12 +183,14 @@ class ExportActivities:
     @translate_errors
     def render_and_store(self, request: RenderInput) -> StoredExport:
         record = self._ledger.get_export(request.export_id)
+        heartbeats = _Heartbeats()
         with tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY_BYTES) as spool:
-            rendered = _HashingWriter(spool)
+            rendered = _HashingWriter(spool, heartbeats)
             self._render_into(rendered, request.draft, request.draft_ref)
             sha256, size = rendered.digest.hexdigest(), rendered.size
             if not self._already_stored(record.export_storage_key, sha256, size):
-                self._store.put(record.export_storage_key, _iter_file(spool), sha256=sha256, size=size)
+                body = _with_heartbeats(_iter_file(spool), heartbeats)
+                self._store.put(record.export_storage_key, body, sha256=sha256, size=size)
         self._ledger.record_stored(record.id, sha256=sha256, size_bytes=size)
         return StoredExport(
             export_id=record.id, storage_key=record.export_storage_key, sha256=sha256, size_bytes=size
@@ -203,8 +215,10 @@ class ExportActivities:
         connection = self._ledger.get_connection(record.erp_connection_id)
         connector = self._connectors.get(connection.connector_type)
         config = connector.parse_config(connection.config)
-        # Unique per execution, so two racing executions never share a temp file.
-        token = uuid.uuid4().hex[:12]
+        # Unique per execution, so two racing executions never share a temp file;
+        # it names the attempt, so a retry can sweep what a killed one left.
+        attempt = activity.info().attempt
+        token = naming.execution_token(attempt, uuid.uuid4().hex[:12])
         result = connector.export(
             config,
             filename=record.filename,
@@ -213,6 +227,7 @@ class ExportActivities:
             sha256=record.sha256,
             token=token,
             progress=_Heartbeats(),
+            attempt=attempt,
         )
         sent = self._ledger.mark_sent(record.id, dropzone_path=result.path)
         return DeliveryOutcome(

@@ -50,6 +50,7 @@ class ERPConnectorPort(Protocol):
         sha256: str,
         token: str,
         progress: Callable[[int], None] | None = None,
+        attempt: int = 1,
     ) -> DeliveryResult: ...
 
     def session(self, config: ConnectorConfig) -> AbstractContextManager[Dropzone]:
@@ -100,10 +101,11 @@ class DropzoneJsonV1Connector:
         sha256: str,
         token: str,
         progress: Callable[[int], None] | None = None,
+        attempt: int = 1,
     ) -> DeliveryResult:
         with self.session(config) as dropzone:
             return dropzone.deliver(
-                filename, chunks, size=size, sha256=sha256, token=token, progress=progress
+                filename, chunks, size=size, sha256=sha256, token=token, progress=progress, attempt=attempt
             )
 
     def test_connection(self, config: ConnectorConfig) -> ProbeResult:

@@ -25,6 +25,7 @@ MAX_NAME_BYTES = 255  # NAME_MAX on Linux and what SFTP servers accept
 # fullmatch on a str pattern: "$" would also accept a trailing "\n".
 _SAFE_NAME = re.compile(r"[A-Za-z0-9._-]+")
 _TOKEN = re.compile(r"[a-z0-9]{1,32}")
+_EXECUTION_TOKEN = re.compile(r"r([0-9]{1,9})x[a-z0-9]+")
 
 AckKind = Literal["ack", "error"]
 
@@ -88,6 +89,29 @@ def tmp_name(filename: str, token: str) -> str:
     if not isinstance(token, str) or _TOKEN.fullmatch(token) is None:
         raise ValueError("tmp token must be 1-32 characters of [a-z0-9]")
     return _require_safe(f"{filename}.{token}{TMP_SUFFIX}", "tmp name")
+
+
+def execution_token(attempt: int, unique: str) -> str:
+    """``r<attempt>x<unique>``: a tmp token that also says which activity attempt wrote it.
+
+    A later attempt of the same delivery may then remove the ``.tmp`` files of
+    earlier attempts (left behind by a worker that died mid-upload) without
+    ever touching the file of an attempt newer than itself.
+    """
+    token = f"r{int(attempt)}x{unique}"
+    if _TOKEN.fullmatch(token) is None:
+        raise ValueError("execution token must be 1-32 characters of [a-z0-9]")
+    return token
+
+
+def superseded_tmp_attempt(name: str, filename: str) -> int | None:
+    """The attempt that wrote ``name`` if it is a ``.tmp`` of ``filename`` with an
+    ``execution_token``; None for every other name."""
+    prefix = f"{filename}."
+    if not name.startswith(prefix) or not name.endswith(TMP_SUFFIX):
+        return None
+    match = _EXECUTION_TOKEN.fullmatch(name[len(prefix) : -len(TMP_SUFFIX)])
+    return int(match.group(1)) if match else None
 
 
 def ack_name(filename: str) -> str:

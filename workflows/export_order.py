@@ -46,7 +46,9 @@ with workflow.unsafe.imports_passed_through():
     )
     from dropzone.export_v1 import validate_draft
 
-from workflows import policies
+    # Constants only; passed through so that one worker process (the chaos
+    # suite's) can shorten its timeouts without a second copy in the sandbox.
+    from workflows import policies
 
 
 def error_info_from(err: BaseException) -> ErrorInfo:
@@ -178,6 +180,7 @@ class ExportOrderWorkflow:
                 ExportActivities.render_and_store,
                 RenderInput(export_id=attempt.export_id, draft=request.draft, draft_ref=request.draft_ref),
                 start_to_close_timeout=policies.RENDER_TIMEOUT,
+                heartbeat_timeout=policies.RENDER_HEARTBEAT_TIMEOUT,
                 schedule_to_close_timeout=policies.TRANSIENT_GIVE_UP_AFTER,
                 retry_policy=policies.LEDGER_RETRY,
                 summary=f"render and store {attempt.storage_key}",

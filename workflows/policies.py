@@ -33,6 +33,9 @@ LEDGER_RETRY = RetryPolicy(
 TRANSIENT_GIVE_UP_AFTER = timedelta(days=1)
 
 RENDER_TIMEOUT = timedelta(minutes=10)
+# Rendering and uploading heartbeat while they run (after their first seconds),
+# so a worker that dies mid-render is noticed in seconds, not after 10 minutes.
+RENDER_HEARTBEAT_TIMEOUT = timedelta(seconds=30)
 
 # Delivery streams the object to the dropzone and heartbeats while it does, so
 # a stalled server is detected by the heartbeat timeout, not the long overall one.

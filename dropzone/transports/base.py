@@ -89,6 +89,7 @@ class Dropzone(Protocol):
         sha256: str,
         token: str,
         progress: ProgressCallback | None = None,
+        attempt: int = 1,
     ) -> DeliveryResult:
         """Idempotent, atomic delivery of ``size`` bytes hashing to ``sha256`` (DESIGN 4).
 
@@ -97,7 +98,9 @@ class Dropzone(Protocol):
         ``size``/``sha256`` → ``IntegrityError`` and nothing left behind.
         ``token`` ([a-z0-9]{1,32}) makes the ``.tmp`` name unique per execution;
         ``progress`` gets the cumulative byte count after every chunk (and may
-        raise, e.g. a cancellation, to stop the transfer).
+        raise, e.g. a cancellation, to stop the transfer).  ``attempt`` > 1 (a
+        retry) also removes the ``.tmp`` files earlier attempts left behind
+        (``naming.execution_token``).
         """
         ...
 
@@ -264,6 +267,25 @@ class FileDropzoneBase(abc.ABC):
         sha256: str,
         token: str,
         progress: ProgressCallback | None = None,
+        attempt: int = 1,
+    ) -> DeliveryResult:
+        result = self._deliver(filename, chunks, size=size, sha256=sha256, token=token, progress=progress)
+        if attempt > 1:
+            # Only a retry can find leftovers: a worker killed mid-upload leaves its
+            # .tmp behind. Listing export_path costs a round trip, so first
+            # attempts (nearly every delivery) skip it.
+            self._remove_superseded_tmps(filename, attempt)
+        return result
+
+    def _deliver(
+        self,
+        filename: str,
+        chunks: Iterable[bytes],
+        *,
+        size: int,
+        sha256: str,
+        token: str,
+        progress: ProgressCallback | None,
     ) -> DeliveryResult:
         check_name(filename)
         sha256 = sha256.lower()
@@ -298,6 +320,24 @@ class FileDropzoneBase(abc.ABC):
             if not published:
                 self._remove_quietly(tmp)
         return DeliveryResult(path=final, already_present=False, size_bytes=size, sha256=sha256)
+
+    def _remove_superseded_tmps(self, filename: str, attempt: int) -> None:
+        """Remove ``.tmp`` files of ``filename`` written by earlier attempts.
+
+        Runs once the final file is complete, so nothing a reader could want is
+        lost. An earlier attempt still running (it timed out but was never
+        told) then fails on its vanished file; Temporal already ignores its
+        result. A newer attempt's file is never touched. Housekeeping only:
+        a failure here must not fail the delivery that just succeeded.
+        """
+        try:
+            entries = self._listdir(self.export_path)
+        except (errors.DropzoneError, NotImplementedError):
+            return
+        for entry in entries:
+            written_by = naming.superseded_tmp_attempt(entry.name, filename)
+            if written_by is not None and written_by < attempt and entry.stat.is_file:
+                self._remove_quietly(self._join(self.export_path, entry.name))
 
     def _deliver_direct(
         self,

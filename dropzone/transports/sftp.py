@@ -72,6 +72,7 @@ from paramiko.sftp import (
 from dropzone import errors
 from dropzone.connection_config import SftpConfig
 from dropzone.transports.base import (
+    DirEntry,
     FileDropzoneBase,
     HashingLimiter,
     ProgressCallback,
@@ -670,6 +671,27 @@ class SftpDropzone(FileDropzoneBase):
             is_dir=stat_mod.S_ISDIR(mode),
             is_file=stat_mod.S_ISREG(mode),
         )
+
+    def _listdir(self, directory: str) -> list[DirEntry]:
+        with self._sftp(f"list {directory}") as sftp:
+            try:
+                attrs = sftp.listdir_attr(directory)
+            except SftpStatusError as exc:
+                if exc.sftp_code in (FX_NO_SUCH_FILE, FX_NO_SUCH_PATH):
+                    # The translation would say "no such file"; say which directory.
+                    raise errors.MissingDirectoryError(f"{self.label}: directory {directory} does not exist") from exc
+                raise
+        entries = []
+        for a in attrs:
+            mode = a.st_mode or 0
+            stat = StatResult(
+                size=a.st_size or 0,
+                mtime=float(a.st_mtime or 0),
+                is_dir=stat_mod.S_ISDIR(mode),
+                is_file=stat_mod.S_ISREG(mode),
+            )
+            entries.append(DirEntry(a.filename, stat))
+        return entries
 
     def _open(self, sftp: _SFTPClient, path: str, flags: int, mode: int | None) -> bytes:
         attrs = paramiko.SFTPAttributes()

@@ -18,6 +18,8 @@ from dropzone.naming import (
     is_safe_filename,
     parse_ack_name,
     storage_key,
+    execution_token,
+    superseded_tmp_attempt,
     tmp_name,
 )
 
@@ -162,3 +164,15 @@ def test_round_trip_for_safe_names(filename: str) -> None:
         return
     assert parse_ack_name(ack_name(filename)) == ("ack", filename)
     assert parse_ack_name(error_ack_name(filename)) == ("error", filename)
+
+
+def test_execution_token_names_its_attempt() -> None:
+    token = execution_token(3, "0a1b2c")
+    assert token == "r3x0a1b2c"
+    assert superseded_tmp_attempt(tmp_name(NAME, token), NAME) == 3
+    # Other files, other exports' tmps and tokens without an attempt are never claimed.
+    assert superseded_tmp_attempt(NAME, NAME) is None
+    assert superseded_tmp_attempt(tmp_name(NAME, "tok1"), NAME) is None
+    assert superseded_tmp_attempt(tmp_name("sales_order_other.json", token), NAME) is None
+    with pytest.raises(ValueError):
+        execution_token(1, "UPPER")

@@ -224,6 +224,37 @@ def test_failing_source_removes_tmp(sftp_server):
         assert listing(sftp_server, dz.export_path) == []
 
 
+def test_retry_removes_tmps_of_earlier_attempts_only(sftp_server):
+    # What a worker killed mid-upload leaves: attempt 1's partial .tmp. Attempt 3
+    # (still writing, in a race) and other exports' tmps must survive attempt 2.
+    data = body_of(70_000)
+    other = "sales_order_99999999_20250101_120000_deadbeef.json"
+    leftovers = {
+        f"{FILENAME}.r1x0a0a.tmp": False,
+        f"{FILENAME}.r3x0b0b.tmp": True,
+        f"{other}.r1x0c0c.tmp": True,
+        f"{FILENAME}.tok1.tmp": True,
+    }
+    with connect(sftp_server) as dz:
+        export_dir = sftp_server.local_path(dz.export_path)
+        for name in leftovers:
+            with open(os.path.join(export_dir, name), "wb") as f:
+                f.write(b'{"partial": ')
+        result = dz.deliver(FILENAME, chunked(data, 8192), size=len(data), sha256=sha(data), token="r2x1d1d", attempt=2)
+        assert not result.already_present
+        expected = sorted([FILENAME, *(name for name, kept in leftovers.items() if kept)])
+        assert listing(sftp_server, dz.export_path) == expected
+        # A first attempt never lists the directory, so it leaves every tmp alone.
+        os.remove(os.path.join(export_dir, FILENAME))
+        dz.deliver(FILENAME, [data], size=len(data), sha256=sha(data), token="r1x2e2e", attempt=1)
+        assert listing(sftp_server, dz.export_path) == expected
+        # Already delivered (the crash came after the rename): the retry still sweeps.
+        with open(os.path.join(export_dir, f"{FILENAME}.r2x3f3f.tmp"), "wb") as f:
+            f.write(b"{")
+        assert dz.deliver(FILENAME, [data], size=len(data), sha256=sha(data), token="r4x4a4a", attempt=4).already_present
+        assert listing(sftp_server, dz.export_path) == sorted([FILENAME, f"{other}.r1x0c0c.tmp", f"{FILENAME}.tok1.tmp"])
+
+
 def test_non_atomic_write(sftp_server):
     data = body_of(200_000)
     with connect(sftp_server, atomic_write=False) as dz:
