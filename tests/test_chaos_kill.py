@@ -170,6 +170,12 @@ async def test_kill_9_at_every_side_effect_loses_and_duplicates_nothing(
     assert not (ack_dir / "error").exists()
     assert ledger.list_ack_rejections(org_id=org_id) == []
 
+    # Each upload killed midway really left a .tmp behind, which a retry then removed.
+    killed_uploads = [(markers / name).read_text().rsplit("/", 1)[-1] for name in os.listdir(markers)
+                      if name.startswith("mid_upload.")]
+    for filename in killed_uploads:
+        assert any(name.startswith(f"{filename}.") for name in seen.tmp_names), filename
+
     assert seen.partial == [] and seen.rewritten == []
     assert {Path(p).name for p in seen.files} == set(final_files)
 
@@ -182,5 +188,6 @@ async def test_kill_9_at_every_side_effect_loses_and_duplicates_nothing(
         duplicated=len(rows) - EXPORTS,
         partial_reads=len(seen.partial),
         observer_reads=seen.reads,
+        tmp_files_seen=len(seen.tmp_names),
         seconds=round(elapsed, 1),
     )

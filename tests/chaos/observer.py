@@ -37,6 +37,8 @@ class ObserverReport:
     # A final name whose bytes changed between two reads (a second delivery
     # replacing the first with different content).
     rewritten: list[str] = field(default_factory=list)
+    # Temporary files seen (an upload in progress, or one a dead worker left).
+    tmp_names: set[str] = field(default_factory=set)
 
 
 class PartialReadObserver:
@@ -73,11 +75,14 @@ class PartialReadObserver:
         self.report.scans += 1
         for directory in list(self._directories):
             try:
-                names = [name for name in _listdir(directory) if is_export_name(name)]
+                names = _listdir(directory)
             except FileNotFoundError:
                 continue
             for name in names:
-                self._read(directory / name)
+                if is_export_name(name):
+                    self._read(directory / name)
+                elif name.endswith(".tmp"):
+                    self.report.tmp_names.add(name)
 
     def _read(self, path: Path) -> None:
         try:
