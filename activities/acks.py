@@ -6,6 +6,14 @@ Each step is safe to repeat: the ledger transition is conditional and the ack
 file is moved only after the ledger has recorded it, so a crash between the two
 re-reads the same file and records nothing twice.
 
+Late answers: an export FAILED with ``ACK_TIMEOUT`` still takes the ERP's
+``ack_`` (→ ACKED, ``error_json`` marked ``"late_ack": true``) or ``error_``
+(→ stays FAILED with the ERP's error) through the ledger's late transitions.
+The workflow keeps polling for it with this same activity while it waits for
+a retry signal (the poll answers ACK_PENDING while such a row has no answer);
+after that, the sweep records it. The ERP has taken or refused the order by
+then, and the ledger must say which before anyone retries.
+
 Every ack file that is refused goes to ``<ack_path>/error/`` AND into the
 ``erp_ack_rejection`` table (``dropzone acks rejected``), so an operator sees
 it without browsing the dropzone:
@@ -18,7 +26,10 @@ it without browsing the dropzone:
   and worker), and those for a file this ledger never wrote, or for an export
   that finished long ago, are moved once they are older than
   ``SWEEP_GRACE_POLLS`` poll intervals — so an ack for an export being opened
-  right now, or one its own poll is about to take, is never stolen.
+  right now, or one its own poll is about to take, is never stolen. Old files
+  for an export that awaits a late answer (ACK_TIMEOUT) are not refused: the
+  sweep records them as that export's own poll would, and moves them to
+  ``processed/``.
 
 An ack still being written is left for the next poll: a file is only read when
 its mtime is ``SETTLE_SECONDS`` old, or when a second look ``SECOND_LOOK_SECONDS``
@@ -42,7 +53,7 @@ from dropzone.acks import MAX_ACK_BYTES, Ack, ErrorAck, parse_ack
 from dropzone.connectors import ConnectorRegistry
 from dropzone.contracts import AckOutcome, ErrorInfo, ExportRef
 from dropzone.errors import AckNotYetAvailable, DropzoneError, MalformedAckError
-from dropzone.ledger import ConnectionRecord, ExportRecord, Ledger
+from dropzone.ledger import ConnectionRecord, ExportRecord, ExportStatus, Ledger
 from dropzone.transports.ack_scan import list_ack_files
 from dropzone.transports.base import AckFile, Dropzone
 
@@ -54,14 +65,16 @@ SWEEP_GRACE_POLLS = 10
 
 
 def _outcome_from_record(record: ExportRecord) -> AckOutcome | None:
-    if record.status == "ACKED":
-        return AckOutcome(export_id=record.id, status="ACKED", erp_order_id=record.erp_order_id)
-    if record.status == "FAILED" and record.error_json:
+    """The ERP's recorded answer, or None while there is none (SENT, or ACK_TIMEOUT unanswered)."""
+    late = record.answered_late
+    if record.status == ExportStatus.ACKED:
+        return AckOutcome(export_id=record.id, status="ACKED", erp_order_id=record.erp_order_id, late=late)
+    if record.status == ExportStatus.FAILED and record.error_json and not record.awaits_late_ack:
         error = ErrorInfo(
             code=str(record.error_json.get("code", "ERP_REJECTED")),
             message=str(record.error_json.get("message", "")),
         )
-        return AckOutcome(export_id=record.id, status="FAILED", error=error)
+        return AckOutcome(export_id=record.id, status="FAILED", error=error, late=late)
     return None
 
 
@@ -150,15 +163,27 @@ class AckActivities:
         except MalformedAckError as exc:
             self._reject(dropzone, connection, ack, exc.message, record.id)
             return None
-        if isinstance(parsed, Ack):
-            self._ledger.mark_acked(
-                record.id, erp_order_id=parsed.erp_order_id, acked_at=parsed.processed_at
-            )
-        else:
-            assert isinstance(parsed, ErrorAck)
-            self._ledger.mark_failed(record.id, error_json=parsed.to_error_json())
+        self._record(record.id, parsed)
         dropzone.move_ack(ack.name, naming.PROCESSED_DIR)
         return _outcome_from_record(self._ledger.get_export(record.id))
+
+    def _record(self, export_id: UUID, parsed: Ack | ErrorAck) -> ExportRecord:
+        """The ERP's answer into the ledger: on time, or late after an ACK_TIMEOUT.
+
+        Both transitions are conditional, so a retried activity (or the sweep
+        racing the export's own poll) records the answer once.
+        """
+        if isinstance(parsed, Ack):
+            row = self._ledger.mark_acked(export_id, erp_order_id=parsed.erp_order_id, acked_at=parsed.processed_at)
+            if row.awaits_late_ack:
+                row = self._ledger.mark_acked_late(
+                    export_id, erp_order_id=parsed.erp_order_id, acked_at=parsed.processed_at
+                )
+            return row
+        row = self._ledger.mark_failed(export_id, error_json=parsed.to_error_json())
+        if row.awaits_late_ack:
+            row = self._ledger.record_late_error(export_id, error_json=parsed.to_error_json())
+        return row
 
     # --- acks nobody waits for ------------------------------------------------
 
@@ -180,13 +205,21 @@ class AckActivities:
 
     def _sweep(self, dropzone: Dropzone, connection: ConnectionRecord, *, grace: float) -> None:
         now = self._clock()
+        answered: set[str] = set()  # exports whose ack files were all handled at once
         for ack in list_ack_files(dropzone):
-            if now - ack.mtime < grace:
+            if now - ack.mtime < grace or ack.export_filename in answered:
                 continue
             owner = self._ledger.get_export_by_filename(ack.export_filename)
             if owner is None:
                 reason = f"ack file {ack.name} names {ack.export_filename}, which no export in the ledger wrote"
                 self._reject(dropzone, connection, ack, reason, None)
+            elif owner.awaits_late_ack:
+                # The ERP answered after the ack timeout, and its workflow may no
+                # longer poll (closed, or retried): the answer is as true as one on
+                # time. Taken as the export's own poll takes it (both kinds at once
+                # are still refused); a race with that poll records it once.
+                answered.add(ack.export_filename)
+                self._take_own_ack(dropzone, connection, owner)
             elif owner.status in ("ACKED", "FAILED") and now - owner.updated_at.timestamp() >= grace:
                 # updated_at: the export's own poll moves its file right after
                 # recording the outcome; only long-finished exports are swept.

@@ -168,10 +168,18 @@ class DeliveryOutcome(_Contract):
 
 
 class AckOutcome(_Contract):
+    """The ERP's answer to one attempt, as recorded in the ledger.
+
+    ``late``: the answer came after the ack timeout had failed the attempt
+    (the workflow's late-ack poll); defaulted, so results recorded in older
+    histories still read.
+    """
+
     export_id: UUID
     status: Literal["ACKED", "FAILED"]
     erp_order_id: str | None = None
     error: ErrorInfo | None = None
+    late: bool = False
 
 
 class MarkFailedInput(_Contract):

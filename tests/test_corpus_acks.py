@@ -225,9 +225,10 @@ def test_sweep_moves_acks_for_unknown_and_long_finished_exports_only(acks, ledge
     # Known and still waiting: its own poll will take it.
     other = open_export(ledger, fs_target)
     put_file(fs_target.ack_dir, f"ack_{other.filename}", json.dumps(ack_body("SO-OTHER")).encode())
-    # Known, finished long ago (an ack after ACK_TIMEOUT): nobody would ever look at it.
+    # Known, rejected by the ERP long ago, answered again: nobody would ever look at it.
+    # (A late ack after ACK_TIMEOUT is recorded instead: tests/test_long_wait.py.)
     finished = open_export(ledger, fs_target)
-    ledger.mark_failed(finished.id, error_json={"code": "ACK_TIMEOUT", "message": "no ack"})
+    ledger.mark_failed(finished.id, error_json={"code": "INVALID_CUSTOMER", "message": "no 4711"})
     with ledger.engine.begin() as conn:
         conn.execute(
             text("UPDATE erp_export SET updated_at = now() - interval '1 day' WHERE id = :id"), {"id": finished.id}
@@ -248,8 +249,8 @@ def test_sweep_moves_acks_for_unknown_and_long_finished_exports_only(acks, ledge
     assert set(by_file) == {unknown, f"ack_{finished.filename}"}
     assert by_file[unknown].export_id is None and "no export in the ledger" in by_file[unknown].reason
     assert by_file[f"ack_{finished.filename}"].export_id == finished.id
-    assert "already FAILED (ACK_TIMEOUT)" in by_file[f"ack_{finished.filename}"].reason
-    assert ledger.get_export(finished.id).status == "FAILED"  # the late ack is shown, not applied
+    assert "already FAILED (INVALID_CUSTOMER)" in by_file[f"ack_{finished.filename}"].reason
+    assert ledger.get_export(finished.id).status == "FAILED"  # the contradicting ack is shown, not applied
     assert {row["ack_file"] for row in rejected_via_cli(cli_env, fs_target.connection_id)} == set(by_file)
 
     outcome = poll(acks, other)

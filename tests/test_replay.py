@@ -5,6 +5,13 @@ versions (regenerate with `DROPZONE_RECORD_HISTORIES=1 pytest tests/test_replay.
 only when a change is meant to break compatibility, together with a versioning
 plan for runs in flight). A change that makes the workflow issue different
 commands for an old history fails here, before it can break running exports.
+
+Two histories cover the late-ack poll (``workflow.patched(LATE_ACK_PATCH)``):
+``ack_timeout_then_late_ack`` (recorded from today's code: ACK_TIMEOUT, then
+the ERP's ack while the run waits for a retry) and
+``ack_timeout_retried_before_late_ack_patch`` (recorded from the code before
+the patch: ACK_TIMEOUT, a plain wait for the retry signal, a second attempt),
+which must keep replaying as long as such runs may be open.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from temporalio.client import WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
+from dropzone.connection_config import config_to_storable, parse_connection_config
 from starter.api import export_handle, retry_export, start_export
 from tests.helpers import ack_body, error_body, make_draft, wait_for_state, write_ack_atomically
 from workflows.export_order import ExportOrderWorkflow
@@ -34,7 +42,13 @@ def recorded_histories() -> list[Path]:
 
 async def test_history_fixtures_exist():
     names = {p.stem for p in recorded_histories()}
-    assert {"acked", "rejected_then_retried_acked", "sent_without_ack_path"} <= names
+    assert {
+        "acked",
+        "rejected_then_retried_acked",
+        "sent_without_ack_path",
+        "ack_timeout_then_late_ack",
+        "ack_timeout_retried_before_late_ack_patch",
+    } <= names
 
 
 @pytest.mark.parametrize("path", recorded_histories(), ids=lambda p: p.stem)
@@ -78,3 +92,19 @@ async def test_fresh_histories_replay(client, run_worker, fs_target, target_with
     await _finish_and_capture(client, acked["draft_order_id"], "acked")
     await _finish_and_capture(client, retried["draft_order_id"], "rejected_then_retried_acked")
     await _finish_and_capture(client, sent["draft_order_id"], "sent_without_ack_path")
+
+
+async def test_late_ack_history_replays(client, run_worker, fs_target, ledger):
+    """ACK_TIMEOUT, then the ERP's ack while the run waits for a retry (the late-ack poll)."""
+    config = parse_connection_config({**fs_target.config, "poll_interval_seconds": 1, "ack_timeout_seconds": 2})
+    ledger.update_connection_config(fs_target.connection_id, config_to_storable(config))
+    draft = make_draft(org_id=fs_target.org_id)
+    did = draft["draft_order_id"]
+    async with run_worker(client) as queue:
+        await start_export(client, erp_connection_id=fs_target.connection_id, draft=draft, task_queue=queue)
+        state = await wait_for_state(client, did, lambda s: s.status == "FAILED" and s.waiting_for == "retry_signal")
+        assert state.last_error is not None and state.last_error.code == "ACK_TIMEOUT"
+        write_ack_atomically(fs_target.ack_dir, f"ack_{state.filename}", ack_body("SO-LATE"))
+        result = await asyncio.wait_for(export_handle(client, did).result(), 30)
+    assert result.status == "ACKED" and result.erp_order_id == "SO-LATE"
+    await _finish_and_capture(client, did, "ack_timeout_then_late_ack")

@@ -3,12 +3,22 @@
 Deterministic orchestration only: no I/O, no clock, no randomness. Every side
 effect is an activity; the ledger row of each attempt is the durable record an
 operator reads, the workflow state is what the `status` query answers.
+
+A FAILED attempt waits up to ``RETRY_SIGNAL_WINDOW`` for an operator's retry.
+When it failed only because the ack timeout ran out (ACK_TIMEOUT), the ERP may
+still answer: while waiting, the run keeps polling for that late ack with the
+same activity-retry polling as the ack wait (no history events per poll). A
+late ack ends the run ACKED; a late error_ keeps it FAILED with the ERP's
+error, still waiting for the retry signal; a retry or cancel signal cancels the
+late poll. Guarded by ``workflow.patched(LATE_ACK_PATCH)``: runs that were
+already waiting for a retry before this existed replay unchanged.
 """
 
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from collections.abc import Callable
+from datetime import datetime, timedelta
 
 from temporalio import workflow
 from temporalio.exceptions import (
@@ -50,6 +60,10 @@ with workflow.unsafe.imports_passed_through():
     # suite's) can shorten its timeouts without a second copy in the sandbox.
     from workflows import policies
 
+# Marker of the late-ack poll in histories: keep this id as long as runs that
+# started before it may be open (RETRY_SIGNAL_WINDOW after the last such deploy).
+LATE_ACK_PATCH = "late-ack-after-ack-timeout"
+
 
 def error_info_from(err: BaseException) -> ErrorInfo:
     """The operator-facing error of a failed activity."""
@@ -90,15 +104,7 @@ class ExportOrderWorkflow:
             if self._status != "FAILED" or self._cancel_requested:
                 return self._result()
             self._waiting_for = "retry_signal"
-            self._details(f"FAILED ({self._last_error.code if self._last_error else '?'}); waiting for a retry signal")
-            try:
-                await workflow.wait_condition(
-                    lambda: self._retry_requested or self._cancel_requested,
-                    timeout=policies.RETRY_SIGNAL_WINDOW,
-                )
-            except asyncio.TimeoutError:
-                return self._result()
-            if self._cancel_requested:
+            if not await self._wait_for_retry():
                 return self._result()
             self._retry_requested = False
 
@@ -239,6 +245,108 @@ class ExportOrderWorkflow:
             return None
         return poll.result()
 
+    # --- after a FAILED attempt ---------------------------------------------------
+
+    async def _wait_for_retry(self) -> bool:
+        """True when an operator asked for a retry; False when the run should close."""
+        attempt = self._attempt
+        late_ack_possible = (
+            attempt is not None
+            and attempt.waits_for_ack
+            and self._last_error is not None
+            and self._last_error.code == ACK_TIMEOUT
+        )
+        # patched() only where the new code issues new commands, so that
+        # histories of other failures never carry the marker.
+        if attempt is None or not late_ack_possible or not workflow.patched(LATE_ACK_PATCH):
+            return await self._wait_for_retry_signal()
+        return await self._wait_for_retry_or_late_ack(attempt)
+
+    async def _wait_for_retry_signal(self) -> bool:
+        self._details(f"FAILED ({self._last_error.code if self._last_error else '?'}); waiting for a retry signal")
+        try:
+            await workflow.wait_condition(
+                lambda: self._retry_requested or self._cancel_requested,
+                timeout=policies.RETRY_SIGNAL_WINDOW,
+            )
+        except asyncio.TimeoutError:
+            return False
+        return not self._cancel_requested
+
+    async def _wait_for_retry_or_late_ack(self, attempt: AttemptInfo) -> bool:
+        """The retry wait of an ACK_TIMEOUT attempt, racing a poll for the ERP's late answer."""
+        deadline = workflow.now() + policies.RETRY_SIGNAL_WINDOW
+        late = self._start_late_poll(attempt)
+        self._details(
+            f"FAILED (ACK_TIMEOUT); waiting for a retry signal, still looking for a late "
+            f"ack_{attempt.filename} every {attempt.poll_interval_seconds} s"
+        )
+        if not await self._signal_or(deadline, late.done):
+            _stop(late)
+            return False
+        if not late.done():  # a retry or cancel signal: nobody needs the late answer any more
+            _stop(late)
+            return not self._cancel_requested
+        outcome = self._late_outcome(attempt, late)
+        # An ack beats a retry signal that came with it: the ERP has the order,
+        # a new attempt would send it twice.
+        if outcome is not None and outcome.status == "ACKED":
+            return False
+        # A late error (or a poll that gave up): the signal is all there is left to wait for.
+        if not await self._signal_or(deadline):
+            return False
+        return not self._cancel_requested
+
+    async def _signal_or(self, deadline: datetime, also: Callable[[], bool] = lambda: False) -> bool:
+        """Wait for a retry or cancel signal (or ``also``); False when ``deadline`` comes first."""
+        remaining = deadline - workflow.now()
+        if remaining <= timedelta(0):
+            return False
+        try:
+            await workflow.wait_condition(
+                lambda: self._retry_requested or self._cancel_requested or also(), timeout=remaining
+            )
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    def _start_late_poll(self, attempt: AttemptInfo) -> asyncio.Future[AckOutcome]:
+        return asyncio.ensure_future(
+            workflow.execute_activity_method(
+                AckActivities.poll_ack,
+                ExportRef(export_id=attempt.export_id),
+                start_to_close_timeout=policies.ACK_POLL_TIMEOUT,
+                schedule_to_close_timeout=policies.RETRY_SIGNAL_WINDOW,
+                retry_policy=policies.ack_poll_retry(attempt.poll_interval_seconds),
+                summary=f"look for a late ack_{attempt.filename}",
+            )
+        )
+
+    def _late_outcome(self, attempt: AttemptInfo, late: asyncio.Future[AckOutcome]) -> AckOutcome | None:
+        """Apply the late poll's answer to the run's state; None if the poll gave up."""
+        try:
+            outcome = late.result()
+        except ActivityError as err:
+            # The retry window ran out under it, or the dropzone became unusable
+            # (permission, config): stop looking, the retry signal still works
+            # and any other poll on this connection sweeps a late ack.
+            error = error_info_from(err)
+            workflow.logger.warning("late-ack poll stopped: %s %s", error.code, error.message)
+            return None
+        if outcome.status == "ACKED":
+            self._erp_order_id = outcome.erp_order_id
+            self._last_error = None
+            self._waiting_for = "nothing"
+            self._set_status("ACKED")
+            self._details(f"attempt {attempt.attempt}: ACKED as {outcome.erp_order_id} (the ack came after the ack timeout)")
+        else:
+            self._fail(outcome.error or ErrorInfo(code="ERP_REJECTED", message="rejected by the ERP"))
+            self._details(
+                f"attempt {attempt.attempt}: FAILED ({self._last_error.code if self._last_error else '?'}, "
+                "answered by the ERP after the ack timeout); waiting for a retry signal"
+            )
+        return outcome
+
     def _ack_error(self, err: ActivityError) -> ErrorInfo:
         # The poll's schedule-to-close timeout is the ack timeout. When the next
         # retry would not fit, Temporal fails the activity with the last attempt's
@@ -284,3 +392,9 @@ class ExportOrderWorkflow:
             erp_order_id=self._erp_order_id,
             error=self._last_error,
         )
+
+
+def _stop(poll: asyncio.Future[AckOutcome]) -> None:
+    """Cancel a late-ack poll nobody waits for any more (Temporal cancels the activity)."""
+    if not poll.done():
+        poll.cancel()

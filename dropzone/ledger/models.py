@@ -1,6 +1,10 @@
 """Tables ``erp_connection``, ``erp_export`` (DESIGN 5.5) and ``erp_ack_rejection``,
 and the value objects the repository hands out instead of live ORM rows.
 
+An export that FAILED with ``ACK_TIMEOUT`` still takes the ERP's answer when it
+comes late (``ExportRecord.awaits_late_ack``): ``error_json`` then carries
+``"late_ack": true``, so the late answer stays visible next to the status.
+
 The schema itself is created by ``migrations/versions``; these models must stay
 identical to it (``tests/dropzone/test_ledger.py`` compares the two).
 """
@@ -30,6 +34,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from dropzone.errors import ACK_TIMEOUT
+
 EXPORT_FORMAT_VERSION = "orderflow_export_json_v1"
 
 # Deterministic constraint names so that migrations can refer to them.
@@ -54,6 +60,10 @@ class ExportStatus(StrEnum):
 SENDABLE = (ExportStatus.PENDING,)
 ACKABLE = (ExportStatus.PENDING, ExportStatus.SENT)  # an ack can beat the SENT record
 FAILABLE = (ExportStatus.PENDING, ExportStatus.SENT)
+
+# Key in ``error_json`` marking an ack_/error_ file that arrived after the ack
+# timeout had already failed the export (and was recorded all the same).
+LATE_ACK_KEY = "late_ack"
 
 _STATUS_CHECK = "status IN ({})".format(", ".join(f"'{s.value}'" for s in ExportStatus))
 
@@ -244,6 +254,24 @@ class ExportRecord(_Record):
     acked_at: UtcDatetime | None
     created_at: UtcDatetime
     updated_at: UtcDatetime
+
+    @property
+    def awaits_late_ack(self) -> bool:
+        """FAILED only because no answer came within the ack timeout, and none has come since.
+
+        The ERP may still answer: its ack or error file is recorded, not rejected.
+        """
+        error = self.error_json or {}
+        return (
+            self.status == ExportStatus.FAILED
+            and error.get("code") == ACK_TIMEOUT
+            and not error.get(LATE_ACK_KEY)
+        )
+
+    @property
+    def answered_late(self) -> bool:
+        """The ERP's ack or error file arrived after the ack timeout and was recorded."""
+        return bool((self.error_json or {}).get(LATE_ACK_KEY))
 
 
 class AckRejectionRecord(_Record):

@@ -7,6 +7,11 @@ a new connection per transaction made the ledger ten times slower.
 Every status change is one conditional ``UPDATE ... WHERE status IN (...)
 RETURNING``, so duplicate or concurrent calls (Temporal retries an activity
 whose result was lost) can never move a status backwards.
+
+The one way out of FAILED: an export that failed with ``ACK_TIMEOUT`` and then
+gets the ERP's answer after all (``mark_acked_late``, ``record_late_error``).
+The ERP has processed the order by then, so the row must say what the ERP
+said, or an operator's retry would send the order twice.
 """
 
 from __future__ import annotations
@@ -24,8 +29,9 @@ from uuid import UUID
 import psycopg
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, func, select, update
+from sqlalchemy import ColumnElement, Engine, create_engine, func, literal, select, update
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session, sessionmaker
@@ -33,6 +39,7 @@ from sqlalchemy.pool import NullPool
 
 from dropzone.crypto import ConfigCipher
 from dropzone.errors import (
+    ACK_TIMEOUT,
     ConnectionNotFoundError,
     ExportNotFoundError,
     InvalidConfigError,
@@ -42,6 +49,7 @@ from dropzone.ledger.models import (
     ACKABLE,
     EXPORT_FORMAT_VERSION,
     FAILABLE,
+    LATE_ACK_KEY,
     SENDABLE,
     AckRejectionRecord,
     ConnectionRecord,
@@ -66,6 +74,8 @@ CONNECT_TIMEOUT_SECONDS = 10
 MAX_REJECTION_REASON_CHARS = 2000
 # How often open_attempt re-reads and retries after losing an insert race.
 OPEN_ATTEMPT_TRIES = 20
+# error_json.message of an export ACKED after its ack timeout (code stays ACK_TIMEOUT).
+LATE_ACK_MESSAGE = "the ERP's ack arrived after the ack timeout; recorded late"
 
 StatusFilter = ExportStatus | str
 
@@ -353,6 +363,34 @@ class Ledger:
     def mark_failed(self, export_id: UUID | str, *, error_json: dict[str, Any]) -> ExportRecord:
         return self._transition(export_id, FAILABLE, status=ExportStatus.FAILED.value, error_json=error_json)
 
+    def mark_acked_late(
+        self, export_id: UUID | str, *, erp_order_id: str | None, acked_at: datetime
+    ) -> ExportRecord:
+        """FAILED (ACK_TIMEOUT) → ACKED when the ERP's ack comes after the timeout.
+
+        ``error_json`` keeps code ``ACK_TIMEOUT`` with ``"late_ack": true`` and a
+        message saying so: the trace an operator sees next to ACKED. Any other
+        row (on time, already late-recorded, failed for another reason) is
+        returned unchanged.
+        """
+        trace = {LATE_ACK_KEY: True, "message": LATE_ACK_MESSAGE}
+        return self._update_where(
+            export_id,
+            _awaits_late_ack(),
+            status=ExportStatus.ACKED.value,
+            erp_order_id=erp_order_id,
+            acked_at=acked_at,
+            error_json=ErpExport.error_json.op("||", return_type=JSONB)(literal(trace, JSONB)),
+        )
+
+    def record_late_error(self, export_id: UUID | str, *, error_json: dict[str, Any]) -> ExportRecord:
+        """FAILED (ACK_TIMEOUT) stays FAILED, with the ERP's error when its error_ file comes late.
+
+        Replacing "no answer" with the ERP's answer tells an operator the ERP
+        did not take the order, so a retry is safe. Other rows are returned unchanged.
+        """
+        return self._update_where(export_id, _awaits_late_ack(), error_json={**error_json, LATE_ACK_KEY: True})
+
     def get_export(self, export_id: UUID | str) -> ExportRecord:
         with self._transaction() as session:
             row = session.get(ErpExport, _uuid(export_id, ExportNotFoundError, "export"))
@@ -465,13 +503,16 @@ class Ledger:
         self, export_id: UUID | str, allowed_from: tuple[ExportStatus, ...], **values: Any
     ) -> ExportRecord:
         """Apply ``values`` if the row's status is in ``allowed_from``; else return it unchanged."""
+        return self._update_where(
+            export_id, ErpExport.status.in_([status.value for status in allowed_from]), **values
+        )
+
+    def _update_where(self, export_id: UUID | str, condition: ColumnElement[bool], **values: Any) -> ExportRecord:
+        """Apply ``values`` if the row meets ``condition``; else return it unchanged."""
         row_id = _uuid(export_id, ExportNotFoundError, "export")
         statement = (
             update(ErpExport)
-            .where(
-                ErpExport.id == row_id,
-                ErpExport.status.in_([status.value for status in allowed_from]),
-            )
+            .where(ErpExport.id == row_id, condition)
             .values(**values, updated_at=_utcnow())
             .returning(ErpExport)
             .execution_options(synchronize_session=False)
@@ -491,6 +532,15 @@ class Ledger:
             raise ConnectionNotFoundError(f"connection {connection_id} not found")
         if owner != org_id:
             raise InvalidConfigError(f"connection {connection_id} does not belong to org {org_id}")
+
+
+def _awaits_late_ack() -> ColumnElement[bool]:
+    """SQL twin of ``ExportRecord.awaits_late_ack``."""
+    return (
+        (ErpExport.status == ExportStatus.FAILED.value)
+        & (ErpExport.error_json["code"].astext == ACK_TIMEOUT)
+        & ~ErpExport.error_json.has_key(LATE_ACK_KEY)
+    )
 
 
 def _uuid(value: UUID | str, not_found: type[Exception], what: str) -> UUID:
