@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -34,6 +35,10 @@ from temporalio.runtime import (
     TelemetryFilter,
 )
 from temporalio.worker import Interceptor, Worker
+from temporalio.worker.workflow_sandbox import (
+    SandboxedWorkflowRunner,
+    SandboxRestrictions,
+)
 
 from activities.acks import AckActivities
 from activities.exports import ExportActivities
@@ -141,6 +146,19 @@ async def connect_client(settings: Settings, *, runtime: Runtime | None = None) 
         ) from exc
 
 
+def build_workflow_runner() -> SandboxedWorkflowRunner:
+    """The sandbox, with ``workflows.policies`` (constants only) shared with this process.
+
+    ``imports_passed_through()`` alone is not enough: inside the sandboxed
+    ``workflows`` package, ``from workflows import policies`` loads a fresh
+    copy. Configured as passthrough, there is one module per process, so a
+    test's worker can shorten the timeouts (the chaos suite does).
+    """
+    return SandboxedWorkflowRunner(
+        restrictions=SandboxRestrictions.default.with_passthrough_modules("workflows.policies")
+    )
+
+
 def build_worker(
     client: Client,
     adapters: Adapters,
@@ -158,6 +176,7 @@ def build_worker(
         client,
         task_queue=task_queue,
         workflows=[ExportOrderWorkflow],
+        workflow_runner=build_workflow_runner(),
         activities=[
             exports.inspect_draft,
             exports.open_attempt,
@@ -203,7 +222,17 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -
                 "metrics": f"http://{bind_address}/metrics" if bind_address else "off",
             })
             await stop.wait()
-            log.info("worker stopping", extra={"task_queue": settings.task_queue})
+            log.info("worker stopping", extra={
+                "task_queue": settings.task_queue,
+                "graceful_shutdown_seconds": GRACEFUL_SHUTDOWN.total_seconds(),
+            })
+            stopping_since = time.monotonic()
+    # Reached only once every activity this worker had started has finished
+    # (or was cancelled after GRACEFUL_SHUTDOWN): what a deploy waits for.
+    log.info("worker stopped", extra={
+        "task_queue": settings.task_queue,
+        "drained_seconds": round(time.monotonic() - stopping_since, 3),
+    })
     adapters.close()
 
 

@@ -56,8 +56,8 @@ with workflow.unsafe.imports_passed_through():
     )
     from dropzone.export_v1 import validate_draft
 
-    # Constants only; passed through so that one worker process (the chaos
-    # suite's) can shorten its timeouts without a second copy in the sandbox.
+    # Constants only; shared with the worker process (worker.build_workflow_runner)
+    # so that one worker process (the chaos suite's) can shorten its timeouts.
     from workflows import policies
 
 # Marker of the late-ack poll in histories: keep this id as long as runs that
