@@ -18,6 +18,11 @@ Why it looks the way it does (see NOTES.md):
 * ``posix-rename@openssh.com`` publishes atomically (plain SFTP rename
   refuses existing targets on OpenSSH and asyncssh); ``fsync@openssh.com``
   makes the bytes durable before the rename when offered.
+* A stalled server (SIGSTOP, a hung host) must not hold a worker thread for
+  good: the channel's ``operation_timeout`` bounds waits for replies and for
+  the SSH window, ``_SendBoundSocket`` bounds a TCP send the peer never
+  drains, and a connection that failed once fails every later request at
+  once instead of waiting out the timeout again.
 * Every library exception goes through ``_translate`` — the only place.
 """
 
@@ -405,6 +410,44 @@ def _safe_text(exc: BaseException) -> str:
     return str(exc).replace("\n", " ")[:200]
 
 
+class _SendBoundSocket:
+    """The TCP socket as paramiko uses it, with a bound on how long a send may stall.
+
+    paramiko polls its socket with a 0.1 s timeout and retries a timed-out send
+    for as long as the transport is open. A server that stops reading (SIGSTOP,
+    a hung host) once our send buffer is full would hold the sending thread —
+    and paramiko's write lock, so every other sender on the connection too —
+    for good: ``operation_timeout`` only bounds waits for the SSH window and for
+    replies. Here a send that has moved no byte for ``stall_seconds`` fails like
+    a dead connection (paramiko turns it into EOFError, a transient error).
+    """
+
+    def __init__(self, sock: socket.socket, stall_seconds: float) -> None:
+        self._sock = sock
+        self._stall_seconds = stall_seconds
+        self._stalled_since: float | None = None
+
+    def send(self, data: bytes) -> int:
+        try:
+            sent = self._sock.send(data)
+        except TimeoutError:
+            now = time.monotonic()
+            if self._stalled_since is None:
+                self._stalled_since = now
+            elif now - self._stalled_since >= self._stall_seconds:
+                # Not ETIMEDOUT: Python makes that a TimeoutError, which paramiko retries.
+                raise ConnectionAbortedError(
+                    errno.ECONNABORTED, "send stalled: the server stopped reading"
+                ) from None
+            raise
+        self._stalled_since = None
+        return sent
+
+    def __getattr__(self, name: str) -> Any:
+        # recv, settimeout, close, getpeername, _closed …: the socket's own.
+        return getattr(self._sock, name)
+
+
 def _open_socket(host: str, port: int, timeout: float) -> socket.socket:
     sock = socket.create_connection((host, port), timeout=timeout)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -412,13 +455,18 @@ def _open_socket(host: str, port: int, timeout: float) -> socket.socket:
 
 
 def _negotiate(
-    host: str, port: int, timeout: float, key_types: tuple[str, ...] | None
+    host: str,
+    port: int,
+    timeout: float,
+    key_types: tuple[str, ...] | None,
+    *,
+    send_stall_seconds: float | None = None,
 ) -> paramiko.Transport:
     """TCP connect + SSH key exchange, no authentication."""
     sock = _open_socket(host, port, timeout)
     try:
         transport = paramiko.Transport(
-            sock,
+            _SendBoundSocket(sock, send_stall_seconds or timeout),  # type: ignore[arg-type]
             default_window_size=CHANNEL_WINDOW,
             default_max_packet_size=CHANNEL_MAX_PACKET,
         )
@@ -452,7 +500,13 @@ def _negotiate_verified(config: SftpConfig, url: str) -> tuple[paramiko.Transpor
     for i, key_types in enumerate(candidates):
         last = i == len(candidates) - 1
         try:
-            transport = _negotiate(config.host, config.port, config.connect_timeout_seconds, key_types)
+            transport = _negotiate(
+                config.host,
+                config.port,
+                config.connect_timeout_seconds,
+                key_types,
+                send_stall_seconds=config.operation_timeout_seconds,
+            )
         except IncompatiblePeer:
             # The server has no host key of this family (e.g. the pinned one is gone).
             if not last:
@@ -492,6 +546,23 @@ def _authenticate(transport: paramiko.Transport, config: SftpConfig) -> None:
     if config.ssh_key is not None:
         passphrase = config.ssh_key_passphrase.get_secret_value() if config.ssh_key_passphrase else None
         pkey = load_private_key(config.ssh_key.get_secret_value(), passphrase)
+    started = time.monotonic()
+    try:
+        _offer_credentials(transport, config, pkey)
+    except paramiko.AuthenticationException as exc:
+        if transport.is_active() and time.monotonic() - started < transport.auth_timeout:
+            raise  # the server answered: it refuses these credentials (AUTH_FAILED)
+        # paramiko says "authentication failed" as well when the connection drops
+        # mid-authentication (a server restarting) or the server never answers (a
+        # hung one): neither is the operator's to fix, so both are retried.
+        # (A server that rejects and hangs up at once would be retried too; OpenSSH
+        # keeps the connection open until MaxAuthTries.)
+        raise EOFError("connection lost or no answer during authentication") from exc
+    if not transport.is_authenticated():
+        raise paramiko.AuthenticationException("not authenticated")
+
+
+def _offer_credentials(transport: paramiko.Transport, config: SftpConfig, pkey: paramiko.PKey | None) -> None:
     if pkey is not None:
         try:
             transport.auth_publickey(config.username, pkey)
@@ -501,8 +572,6 @@ def _authenticate(transport: paramiko.Transport, config: SftpConfig) -> None:
     if not transport.is_authenticated() and config.password is not None:
         # fallback=True: servers that only offer keyboard-interactive get the password there.
         transport.auth_password(config.username, config.password.get_secret_value(), fallback=True)
-    if not transport.is_authenticated():
-        raise paramiko.AuthenticationException("not authenticated")
 
 
 def _limits(sftp: _SFTPClient) -> tuple[int, int]:
@@ -625,6 +694,11 @@ class SftpDropzone(FileDropzoneBase):
     @contextlib.contextmanager
     def _sftp(self, action: str) -> Iterator[_SFTPClient]:
         session = self._s
+        if session.broken:
+            # The connection already failed (a stalled server, a timeout): another
+            # request would only wait out operation_timeout again — the cleanup
+            # after a stalled upload used to double the time a thread was stuck.
+            raise errors.DropzoneUnavailableError(f"{session.url}: connection lost; cannot {action}")
         try:
             yield session.sftp
         except errors.DropzoneError:
@@ -1076,6 +1150,14 @@ class SftpConnectionPool:
         with self._lock:
             self.discarded += 1
         session.close()
+
+    def discard_idle(self) -> None:
+        """Close every idle connection; the pool stays usable (e.g. after a server re-key)."""
+        with self._lock:
+            sessions = [s for stack in self._idle.values() for s in stack]
+            self._idle.clear()
+        for s in sessions:
+            self._discard(s)
 
     def idle_count(self) -> int:
         with self._lock:
