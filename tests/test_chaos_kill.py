@@ -187,6 +187,7 @@ async def test_kill_9_at_every_side_effect_loses_and_duplicates_nothing(
         lost=EXPORTS - sum(r.status == "ACKED" for r in rows),
         duplicated=len(rows) - EXPORTS,
         partial_reads=len(seen.partial),
+        observer_scans=seen.scans,
         observer_reads=seen.reads,
         tmp_files_seen=len(seen.tmp_names),
         seconds=round(elapsed, 1),

@@ -48,6 +48,7 @@ class PartialReadObserver:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="partial-read-observer", daemon=True)
         self._digests: dict[str, str] = {}
+        self._versions: dict[str, tuple[int, int, int]] = {}
         self.report = ObserverReport()
 
     def add(self, directory: Path) -> None:
@@ -85,10 +86,21 @@ class PartialReadObserver:
                     self.report.tmp_names.add(name)
 
     def _read(self, path: Path) -> None:
+        # A file under a final name only changes by being written to (its size or
+        # mtime moves) or replaced (a new inode): read it again only then, so
+        # that watching hundreds of files every few ms stays cheap.
         try:
-            data = path.read_bytes()
+            st = os.stat(path)
         except FileNotFoundError:  # consumed or moved meanwhile
             return
+        version = (st.st_ino, st.st_size, st.st_mtime_ns)
+        if self._versions.get(str(path)) == version:
+            return
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return
+        self._versions[str(path)] = version
         self.report.reads += 1
         self.report.files.add(str(path))
         reason = _incomplete(data)
