@@ -54,6 +54,7 @@ from dropzone.connectors import ConnectorRegistry
 from dropzone.contracts import AckOutcome, ErrorInfo, ExportRef
 from dropzone.errors import AckNotYetAvailable, DropzoneError, MalformedAckError
 from dropzone.ledger import ConnectionRecord, ExportRecord, ExportStatus, Ledger
+from dropzone.ledger.models import LATE_ACK_KEY
 from dropzone.transports.ack_scan import list_ack_files
 from dropzone.transports.base import AckFile, Dropzone
 
@@ -223,12 +224,33 @@ class AckActivities:
             elif owner.status in ("ACKED", "FAILED") and now - owner.updated_at.timestamp() >= grace:
                 # updated_at: the export's own poll moves its file right after
                 # recording the outcome; only long-finished exports are swept.
+                if self._is_recorded_answer(dropzone, ack, owner):
+                    # Recorded, then the worker died before moving it (found by
+                    # the chaos suite): not a duplicate, just unfinished work.
+                    dropzone.move_ack(ack.name, naming.PROCESSED_DIR)
+                    continue
                 reason = (
                     f"ack file {ack.name} arrived for export {owner.id}, which is already {owner.status}"
                     + (f" ({owner.error_json.get('code')})" if owner.status == "FAILED" and owner.error_json else "")
                     + "; check the order in the ERP"
                 )
                 self._reject(dropzone, connection, ack, reason, owner.id)
+
+    def _is_recorded_answer(self, dropzone: Dropzone, ack: AckFile, owner: ExportRecord) -> bool:
+        """True when ``ack`` says exactly what the ledger recorded for ``owner``."""
+        if ack.size > MAX_ACK_BYTES:
+            return False
+        try:
+            parsed = parse_ack(dropzone.read_ack(ack.name, max_bytes=MAX_ACK_BYTES), kind=ack.kind, name=ack.name)
+        except (MalformedAckError, AckNotYetAvailable):
+            return False
+        if isinstance(parsed, Ack):
+            return owner.status == "ACKED" and (parsed.erp_order_id, parsed.processed_at) == (
+                owner.erp_order_id,
+                owner.acked_at,
+            )
+        recorded = {k: v for k, v in (owner.error_json or {}).items() if k != LATE_ACK_KEY}
+        return owner.status == "FAILED" and recorded == parsed.to_error_json()
 
     # --- rejection ------------------------------------------------------------
 

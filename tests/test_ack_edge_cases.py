@@ -4,8 +4,11 @@
 * duplicate acks (the ERP writes its answer again after it was processed);
 * the same ack taken by a poll whose result was lost (a retried activity).
 
-An ack written slowly is covered in tests/test_corpus_acks.py, a crash between
-recording an ack and moving its file in tests/test_chaos_kill.py.
+* an answer recorded whose file was never moved (the worker died in between)
+  and which a sweep finds before the export's own retried poll.
+
+An ack written slowly is covered in tests/test_corpus_acks.py, the kill between
+recording an ack and moving its file end to end in tests/test_chaos_kill.py.
 """
 
 from __future__ import annotations
@@ -22,9 +25,10 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 
 from activities.acks import AckActivities
+from dropzone.acks import parse_ack
 from starter.api import export_handle, start_export
 from tests.chaos.observer import AckResponder
-from tests.helpers import ack_body, make_draft
+from tests.helpers import ack_body, error_body, make_draft
 from tests.test_corpus_acks import open_export, poll, put_file
 
 pytestmark = pytest.mark.chaos
@@ -103,3 +107,31 @@ def test_duplicate_ack_changes_nothing_and_is_shown(adapters, acks: AckActivitie
     assert sorted(p.name for p in (fs_target.ack_dir / "error").iterdir()) == [f"ack_{record.filename}"]
     [rejection] = ledger.list_ack_rejections(connection_id=fs_target.connection_id)
     assert rejection.export_id == record.id and "already ACKED" in rejection.reason
+
+
+@pytest.mark.parametrize("kind", ["ack", "error"])
+def test_answer_recorded_but_never_moved_is_finished_by_the_sweep_not_rejected(adapters, ledger, fs_target, kind):
+    # A worker died between recording the answer and moving its file, and the
+    # export's own retried poll came after the sweep's grace: another export's
+    # poll finds the file. It is this export's recorded answer, not a duplicate.
+    record = open_export(ledger, fs_target)
+    body = ack_body("SO-RECORDED") if kind == "ack" else error_body()
+    parsed = parse_ack(json.dumps(body).encode(), kind=kind, name=f"{kind}_{record.filename}")
+    if kind == "ack":
+        ledger.mark_acked(record.id, erp_order_id="SO-RECORDED", acked_at=parsed.processed_at)
+    else:
+        ledger.mark_failed(record.id, error_json=parsed.to_error_json())
+    put_file(fs_target.ack_dir, f"{kind}_{record.filename}", json.dumps(body).encode())
+    with ledger.engine.begin() as conn:
+        conn.execute(text("UPDATE erp_export SET updated_at = now() - interval '1 day' WHERE id = :id"), {"id": record.id})
+    before = ledger.get_export(record.id)
+
+    waiting = open_export(ledger, fs_target)
+    other_worker = AckActivities(adapters.ledger, adapters.connectors, sleep=lambda _s: None)
+    assert poll(other_worker, waiting) == "ACK_PENDING"
+
+    assert sorted(p.name for p in (fs_target.ack_dir / "processed").iterdir()) == [f"{kind}_{record.filename}"]
+    assert not (fs_target.ack_dir / "error").exists()
+    assert ledger.list_ack_rejections(connection_id=fs_target.connection_id) == []
+    after = ledger.get_export(record.id)
+    assert (after.status, after.erp_order_id, after.error_json) == (before.status, before.erp_order_id, before.error_json)

@@ -224,16 +224,27 @@ def paramiko_transports() -> int:
     return sum(isinstance(t, paramiko.Transport) for t in threading.enumerate())
 
 
-def tcp_connections_to(port: int) -> int:
-    """Open TCP connections of this process to ``port`` on this machine."""
+def _our_tcp_peer_ports() -> dict[str, int]:
+    """Socket inode → remote port, for this process's TCP connections on this machine."""
     ours = {t[len("socket:[") : -1] for t in _fd_targets() if t.startswith("socket:[")}
-    count = 0
+    peers = {}
     with open("/proc/self/net/tcp") as table:
         for line in table.readlines()[1:]:
             fields = line.split()
-            if int(fields[2].rsplit(":", 1)[1], 16) == port and fields[9] in ours:
-                count += 1
-    return count
+            if fields[9] in ours:
+                peers[fields[9]] = int(fields[2].rsplit(":", 1)[1], 16)
+    return peers
+
+
+def tcp_connections_to(port: int) -> int:
+    """Open TCP connections of this process to ``port`` on this machine."""
+    return sum(peer == port for peer in _our_tcp_peer_ports().values())
+
+
+def pooled_connections_elsewhere(sftp_port: int) -> int:
+    """TCP connections to the other servers (S3, Temporal, PostgreSQL): their
+    clients' pools grow and shrink with the load, which is not a leak."""
+    return sum(peer != sftp_port for peer in _our_tcp_peer_ports().values())
 
 
 @dataclass(frozen=True)
@@ -241,21 +252,22 @@ class Resources:
     """What a leak would show: OS threads and open descriptors of this process."""
 
     threads: int
-    fds: int
+    fds: int  # every descriptor except connections to the other servers' pools
 
     @classmethod
-    def now(cls) -> Resources:
-        return cls(threads=len(os.listdir("/proc/self/task")), fds=len(os.listdir("/proc/self/fd")))
+    def now(cls, sftp_port: int) -> Resources:
+        fds = len(os.listdir("/proc/self/fd")) - pooled_connections_elsewhere(sftp_port)
+        return cls(threads=len(os.listdir("/proc/self/task")), fds=fds)
 
 
-async def back_to(baseline: Resources, baseline_fds: list[str], *, within: float) -> Resources:
+async def back_to(baseline: Resources, baseline_fds: list[str], *, sftp_port: int, within: float) -> Resources:
     """Wait until the process holds no more threads or descriptors than at ``baseline``.
 
     Not more, rather than exactly as many: the Temporal core's runtime ends
     idle threads of its own in between.
     """
     deadline = time.monotonic() + within
-    while (now := Resources.now()).threads > baseline.threads or now.fds > baseline.fds:
+    while (now := Resources.now(sftp_port)).threads > baseline.threads or now.fds > baseline.fds:
         if time.monotonic() > deadline:
             raise AssertionError(
                 f"leak: {now}, baseline {baseline}; new fds {sorted(set(_fd_targets()) - set(baseline_fds))}; "
@@ -462,7 +474,7 @@ async def test_sftp_server_hung_mid_upload_times_out_and_retry_delivers_once(
         assert (await results_of(client, [warm["draft_order_id"]]))[0].status == "SENT"
     sftp_pool.discard_idle()
     await asyncio.sleep(0.5)  # paramiko's transport thread sees its close within 0.1 s
-    baseline, baseline_fds = Resources.now(), _fd_targets()
+    baseline, baseline_fds = Resources.now(openssh_server.port), _fd_targets()
     baseline_transports = paramiko_transports()
 
     # ~5 MB at ~2.5 MB/s: two seconds of upload to stall in the middle of.
@@ -498,7 +510,7 @@ async def test_sftp_server_hung_mid_upload_times_out_and_retry_delivers_once(
         what="the SFTP connections' transport threads ending",
     )
     assert tcp_connections_to(openssh_server.port) == 0
-    await back_to(baseline, baseline_fds, within=10)
+    await back_to(baseline, baseline_fds, sftp_port=openssh_server.port, within=10)
     assert report.partial == [] and report.rewritten == []
     record(
         f"sftp server hung mid-upload ({hang.replace('_', ' ')})",
