@@ -48,6 +48,7 @@ class Plan:
     kills: dict[str, int]
     probability: float
     markers: Path
+    timeouts: dict[str, float]
 
     @classmethod
     def from_env(cls) -> Plan:
@@ -56,6 +57,7 @@ class Plan:
             kills={point: int(raw["kills"].get(point, 0)) for point in POINTS},
             probability=float(raw["probability"]),
             markers=Path(os.environ["CHAOS_MARKERS"]),
+            timeouts={name: float(seconds) for name, seconds in raw.get("timeouts", {}).items()},
         )
 
     def claim(self, point: str, subject: str) -> bool:
@@ -145,8 +147,7 @@ def shorten_timeouts(seconds: dict[str, float]) -> None:
 
 def main() -> None:
     plan = Plan.from_env()
-    raw = json.loads(Path(os.environ["CHAOS_PLAN"]).read_text(encoding="utf-8"))
-    shorten_timeouts(raw.get("timeouts", {}))
+    shorten_timeouts(plan.timeouts)
     build_real = worker.build_adapters
 
     def build_faulty(settings: Any) -> worker.Adapters:
