@@ -129,6 +129,22 @@ async def ledger_row(ledger: Ledger, export_id: uuid.UUID, predicate, *, timeout
     return row
 
 
+async def run_into_ack_timeout(env, ledger: Ledger, target: Target, draft: dict, queue: str) -> ExportState:  # type: ignore[no-untyped-def, type-arg]
+    """Start an export on a short ack timeout and wait (skipped time) until it is FAILED ACK_TIMEOUT.
+
+    Returns the state while it waited for its ack (its attempt and file name).
+    """
+    set_ack_timing(
+        ledger, target, ack_timeout_seconds=SHORT_ACK_TIMEOUT_SECONDS, poll_interval_seconds=SHORT_POLL_SECONDS
+    )
+    client, did = env.client, draft["draft_order_id"]
+    await start_export(client, erp_connection_id=target.connection_id, draft=draft, task_queue=queue)
+    waiting = await wait_for_state(client, did, lambda s: s.waiting_for == "ack")
+    await env.sleep(timedelta(seconds=SHORT_ACK_TIMEOUT_SECONDS + 5))
+    await wait_for_state(client, did, failed_with_ack_timeout)
+    return waiting
+
+
 @pytest.mark.chaos
 async def test_thirty_day_ack_wait_ends_ack_timeout_and_a_late_ack_is_recorded(
     time_skipping_env, run_worker, fs_target, ledger, dropzone_cli_in_process
@@ -212,18 +228,12 @@ async def test_late_error_keeps_it_failed_with_the_erps_error_and_a_retry_still_
     time_skipping_env, run_worker, fs_target, ledger
 ):
     env, target = time_skipping_env, fs_target
-    set_ack_timing(
-        ledger, target, ack_timeout_seconds=SHORT_ACK_TIMEOUT_SECONDS, poll_interval_seconds=SHORT_POLL_SECONDS
-    )
     client = env.client
     draft = make_draft(org_id=target.org_id)
     did = draft["draft_order_id"]
     with PartialReadObserver([target.export_dir]) as observer:
         async with run_worker(client) as queue:
-            await start_export(client, erp_connection_id=target.connection_id, draft=draft, task_queue=queue)
-            first = await wait_for_state(client, did, lambda s: s.waiting_for == "ack")
-            await env.sleep(timedelta(seconds=SHORT_ACK_TIMEOUT_SECONDS + 5))
-            await wait_for_state(client, did, failed_with_ack_timeout)
+            first = await run_into_ack_timeout(env, ledger, target, draft, queue)
 
             write_ack_atomically(target.ack_dir, f"error_{first.filename}", error_body("INVALID_CUSTOMER"))
             state = await wait_for_state(
@@ -268,18 +278,12 @@ async def test_retry_cancels_the_late_poll_and_the_sweep_records_the_old_attempt
     time_skipping_env, run_worker, fs_target, ledger
 ):
     env, target = time_skipping_env, fs_target
-    set_ack_timing(
-        ledger, target, ack_timeout_seconds=SHORT_ACK_TIMEOUT_SECONDS, poll_interval_seconds=SHORT_POLL_SECONDS
-    )
     client = env.client
     draft = make_draft(org_id=target.org_id)
     did = draft["draft_order_id"]
     with PartialReadObserver([target.export_dir]) as observer:
         async with run_worker(client) as queue:
-            await start_export(client, erp_connection_id=target.connection_id, draft=draft, task_queue=queue)
-            first = await wait_for_state(client, did, lambda s: s.waiting_for == "ack")
-            await env.sleep(timedelta(seconds=SHORT_ACK_TIMEOUT_SECONDS + 5))
-            await wait_for_state(client, did, failed_with_ack_timeout)
+            first = await run_into_ack_timeout(env, ledger, target, draft, queue)
 
             await retry_export(client, did, reason="operator did not wait")
             second = await wait_for_state(client, did, lambda s: s.attempt == 2 and s.waiting_for == "ack")

@@ -35,7 +35,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 import pytest
 from temporalio import activity
@@ -50,7 +50,7 @@ from dropzone.transports.base import is_export_name
 from dropzone.transports.object_storage import ObjectStore
 from starter.api import export_handle, start_export, wait_for_result
 from tests.chaos import scale
-from tests.chaos.observer import AckResponder, PartialReadObserver
+from tests.chaos.observer import AckResponder, BackgroundLoop, PartialReadObserver
 from tests.chaos.report import record
 from tests.conftest import Target, make_target
 from tests.helpers import make_draft
@@ -157,29 +157,18 @@ class Executions:
             )
 
 
-class TmpWatcher:
+class TmpWatcher(BackgroundLoop):
     """Lists export directories every millisecond; remembers which attempts' ``.tmp``
     files of one export were there at the same moment."""
 
     def __init__(self, directories: list[Path]) -> None:
+        super().__init__("tmp-watcher", every_seconds=0.001)
         self._directories = directories
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="tmp-watcher", daemon=True)
         self.side_by_side: dict[str, set[int]] = {}
 
-    def __enter__(self) -> Self:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            for directory in self._directories:
-                self._look(directory)
-            time.sleep(0.001)
+    def tick(self) -> None:
+        for directory in self._directories:
+            self._look(directory)
 
     def _look(self, directory: Path) -> None:
         attempts: dict[str, set[int]] = {}

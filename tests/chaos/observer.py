@@ -16,6 +16,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 from dropzone.transports.base import is_export_name
 from tests.helpers import ack_body, write_ack_atomically
@@ -41,12 +42,38 @@ class ObserverReport:
     tmp_names: set[str] = field(default_factory=set)
 
 
-class PartialReadObserver:
-    def __init__(self, directories: list[Path], *, every_seconds: float = 0.003) -> None:
-        self._directories = list(directories)
+class BackgroundLoop:
+    """Calls ``tick()`` every ``every_seconds`` on a daemon thread while in a ``with`` block."""
+
+    def __init__(self, name: str, every_seconds: float) -> None:
         self._every = every_seconds
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="partial-read-observer", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def tick(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.tick()
+            time.sleep(self._every)
+
+
+class PartialReadObserver(BackgroundLoop):
+    def __init__(self, directories: list[Path], *, every_seconds: float = 0.003) -> None:
+        super().__init__("partial-read-observer", every_seconds)
+        self._directories = list(directories)
         self._digests: dict[str, str] = {}
         self._versions: dict[str, tuple[int, int, int]] = {}
         self.report = ObserverReport()
@@ -54,23 +81,12 @@ class PartialReadObserver:
     def add(self, directory: Path) -> None:
         self._directories.append(directory)
 
-    def __enter__(self) -> PartialReadObserver:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def stop(self) -> ObserverReport:
-        self._stop.set()
-        self._thread.join(timeout=10)
+    def stop(self) -> None:
+        super().stop()
         self.scan()  # one last look at what stayed behind
-        return self.report
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.scan()
-            time.sleep(self._every)
+    def tick(self) -> None:
+        self.scan()
 
     def scan(self) -> None:
         self.report.scans += 1
@@ -131,39 +147,27 @@ def _incomplete(data: bytes) -> str | None:
     return None
 
 
-class AckResponder:
+class AckResponder(BackgroundLoop):
     """Answers each export file in ``export_dir`` with ``ack_<name>`` in ``ack_dir``."""
 
     def __init__(self, pairs: list[tuple[Path, Path]], *, every_seconds: float = 0.05) -> None:
+        super().__init__("ack-responder", every_seconds)
         self._pairs = list(pairs)
-        self._every = every_seconds
-        self._stop = threading.Event()
         self._answered: set[str] = set()
-        self._thread = threading.Thread(target=self._run, name="ack-responder", daemon=True)
 
     @property
     def answered(self) -> set[str]:
         return set(self._answered)
 
-    def __enter__(self) -> AckResponder:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            for export_dir, ack_dir in list(self._pairs):
-                try:
-                    names = [n for n in _listdir(export_dir) if is_export_name(n)]
-                except FileNotFoundError:
+    def tick(self) -> None:
+        for export_dir, ack_dir in list(self._pairs):
+            try:
+                names = [n for n in _listdir(export_dir) if is_export_name(n)]
+            except FileNotFoundError:
+                continue
+            for name in names:
+                if name in self._answered:
                     continue
-                for name in names:
-                    if name in self._answered:
-                        continue
-                    self._answered.add(name)
-                    order = f"SO-{hashlib.sha256(name.encode()).hexdigest()[:10]}"
-                    write_ack_atomically(ack_dir, f"ack_{name}", ack_body(order))
-            time.sleep(self._every)
+                self._answered.add(name)
+                order = f"SO-{hashlib.sha256(name.encode()).hexdigest()[:10]}"
+                write_ack_atomically(ack_dir, f"ack_{name}", ack_body(order))
