@@ -191,6 +191,25 @@ Index(
 )
 
 
+class ApiToken(Base):
+    """A token of the HTTP API: it acts for one organisation. Only the sha256 of
+    the token is stored, so a database dump gives nobody a working token."""
+
+    __tablename__ = "api_token"
+
+    id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, primary_key=True, default=uuid.uuid4, server_default=text("gen_random_uuid()")
+    )
+    org_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    name: Mapped[str] = mapped_column(Text)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = _timestamp()
+    revoked_at: Mapped[datetime | None] = _timestamp(nullable=True)
+
+
+Index("idx_api_token_org", ApiToken.org_id)
+
+
 # --- value objects -----------------------------------------------------------
 
 
