@@ -83,16 +83,12 @@ def build_cipher(settings: Settings) -> ConfigCipher:
 
 
 def build_adapters(settings: Settings) -> Adapters:
+    # None: the machine's AWS credentials, only with DROPZONE_S3_USE_AMBIENT_CREDENTIALS.
+    access_key, secret_key = settings.s3_credentials() or (None, None)
     ledger = Ledger.connect(
         settings.require_database_url(), build_cipher(settings), pool_size=settings.database_pool_size
     )
-    store = ObjectStore(
-        settings.require_s3(),
-        settings.s3_bucket,
-        settings.s3_access_key.get_secret_value(),
-        settings.s3_secret_key.get_secret_value(),
-        region=settings.s3_region,
-    )
+    store = ObjectStore(settings.require_s3(), settings.s3_bucket, access_key, secret_key, region=settings.s3_region)
     return Adapters(ledger=ledger, store=store, connectors=default_registry())
 
 

@@ -1,7 +1,9 @@
 """Fernet encryption of ERP connection configs (``erp_connection.config_encrypted``).
 
 Keys come from ``DROPZONE_CONFIG_KEYS`` as a list: the first key encrypts, every
-key decrypts. Rotating means putting a new key first, running
+key decrypts. The connection id is encrypted along with the config and checked
+on decrypt, so a ``config_encrypted`` copied onto another row is refused rather
+than used for that row's orders. Rotating means putting a new key first, running
 ``Ledger.rotate_keys()`` (which re-encrypts every row with it), and only then
 dropping the old key.
 """
@@ -15,9 +17,12 @@ from uuid import UUID
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
-from dropzone.errors import ConfigKeyError, InvalidConfigError
+from dropzone.errors import ConfigBindingError, ConfigKeyError, InvalidConfigError
 
 KEYS_SETTING = "DROPZONE_CONFIG_KEYS"
+# Marks the document {"dropzone_config": 1, "connection_id": ..., "config": {...}}
+# that binds a config to its row; a bare config is an older, unbound row.
+BOUND_FORMAT = "dropzone_config"
 
 
 class ConfigCipher:
@@ -40,35 +45,62 @@ class ConfigCipher:
     def key_count(self) -> int:
         return self._key_count
 
-    def encrypt(self, config: dict[str, Any]) -> str:
+    def encrypt(self, config: dict[str, Any], *, connection_id: UUID | str | None = None) -> str:
+        """Encrypt ``config``; with ``connection_id`` the id goes inside, bound to that row."""
         if not isinstance(config, dict):
             raise InvalidConfigError(f"connection config must be a JSON object, got {type(config).__name__}")
+        document: dict[str, Any] = config
+        if connection_id is not None:
+            document = {BOUND_FORMAT: 1, "connection_id": str(connection_id), "config": config}
         try:
-            plaintext = json.dumps(config, separators=(",", ":"), sort_keys=True)
+            plaintext = json.dumps(document, separators=(",", ":"), sort_keys=True)
         except (TypeError, ValueError) as exc:
             # json's message names the offending type, never a value.
             raise InvalidConfigError(f"connection config is not JSON-serialisable: {exc}") from exc
         return self._fernet.encrypt(plaintext.encode("utf-8")).decode("ascii")
 
     def decrypt(self, token: str, *, connection_id: UUID | str) -> dict[str, Any]:
+        """The config of row ``connection_id``; ``ConfigBindingError`` if it was written for another row.
+
+        Rows written before the binding (a bare config inside) still decrypt;
+        ``rotate`` binds them.
+        """
+        return self._open(token, connection_id)
+
+    def rotate(self, token: str, *, connection_id: UUID | str | None = None) -> str:
+        """Re-encrypt ``token`` with the first key; with ``connection_id`` also bind it to that row."""
+        if connection_id is None:
+            try:
+                return self._fernet.rotate(token.encode("ascii")).decode("ascii")
+            except (InvalidToken, UnicodeEncodeError) as exc:
+                raise ConfigKeyError(_undecryptable(connection_id)) from exc
+        return self.encrypt(self._open(token, connection_id), connection_id=connection_id)
+
+    def _open(self, token: str, connection_id: UUID | str) -> dict[str, Any]:
         try:
             plaintext = self._fernet.decrypt(token.encode("ascii"))
         except (InvalidToken, UnicodeEncodeError) as exc:
             raise ConfigKeyError(_undecryptable(connection_id)) from exc
         try:
-            config = json.loads(plaintext)
+            document = json.loads(plaintext)
         except ValueError as exc:
             raise InvalidConfigError(f"connection {connection_id}: stored config is not valid JSON") from exc
+        if not isinstance(document, dict):
+            raise InvalidConfigError(f"connection {connection_id}: stored config is not a JSON object")
+        if BOUND_FORMAT not in document:
+            return document  # written before configs were bound to their row
+        if str(document.get("connection_id")) != str(connection_id):
+            # Copied from another row (or the ids were swapped): using it would send
+            # this connection's orders to the other connection's ERP.
+            raise ConfigBindingError(
+                f"connection {connection_id}: stored config was encrypted for connection "
+                f"{document.get('connection_id')} (config_encrypted copied between rows); refusing to use it: "
+                "restore this row's own config_encrypted"
+            )
+        config = document.get("config")
         if not isinstance(config, dict):
             raise InvalidConfigError(f"connection {connection_id}: stored config is not a JSON object")
         return config
-
-    def rotate(self, token: str, *, connection_id: UUID | str | None = None) -> str:
-        """Re-encrypt ``token`` with the first key (keeps its original timestamp)."""
-        try:
-            return self._fernet.rotate(token.encode("ascii")).decode("ascii")
-        except (InvalidToken, UnicodeEncodeError) as exc:
-            raise ConfigKeyError(_undecryptable(connection_id)) from exc
 
     @staticmethod
     def generate_key() -> str:

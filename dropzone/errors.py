@@ -16,6 +16,7 @@ never contain a credential.
     │   ├── ConnectionNotFoundError    CONNECTION_NOT_FOUND
     │   ├── ExportNotFoundError        EXPORT_NOT_FOUND
     │   ├── ConfigKeyError             CONFIG_KEY_UNAVAILABLE
+    │   ├── ConfigBindingError         CONFIG_ROW_MISMATCH
     │   ├── AuthenticationError        AUTH_FAILED
     │   ├── HostKeyError               HOST_KEY_MISMATCH / HOST_KEY_UNKNOWN
     │   ├── PermissionDeniedError      PERMISSION_DENIED
@@ -96,6 +97,12 @@ class ConfigKeyError(PermanentError):
     """A connection's config cannot be decrypted with the configured keys."""
 
     code = "CONFIG_KEY_UNAVAILABLE"
+
+
+class ConfigBindingError(PermanentError):
+    """A connection's stored config was encrypted for another connection (row swap)."""
+
+    code = "CONFIG_ROW_MISMATCH"
 
 
 class AuthenticationError(PermanentError):

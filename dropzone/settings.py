@@ -17,6 +17,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from dropzone.errors import InvalidConfigError
+from dropzone.secret_files import require_owner_only
 
 DEFAULT_ENV_FILE = ".dropzone/dropzone.env"
 DEFAULT_TASK_QUEUE = "erp-exports"
@@ -42,6 +43,9 @@ class Settings(BaseSettings):
     s3_region: str = "us-east-1"
     s3_access_key: SecretStr = SecretStr("")
     s3_secret_key: SecretStr = SecretStr("")
+    # Empty keys are refused unless this is chosen: then boto3's own chain signs
+    # (instance role, AWS_* variables, ~/.aws) — the right thing on AWS.
+    s3_use_ambient_credentials: bool = False
 
     # Comma-separated Fernet keys: the first encrypts, all decrypt (rotation).
     config_keys: SecretStr | None = None
@@ -103,6 +107,25 @@ class Settings(BaseSettings):
             raise InvalidConfigError("DROPZONE_S3_ENDPOINT_URL is not set")
         return self.s3_endpoint_url
 
+    def s3_credentials(self) -> tuple[str, str] | None:
+        """(access key, secret key), or None for the machine's AWS credentials when chosen."""
+        access, secret = self.s3_access_key.get_secret_value(), self.s3_secret_key.get_secret_value()
+        if self.s3_use_ambient_credentials:
+            if access or secret:
+                raise InvalidConfigError(
+                    "DROPZONE_S3_USE_AMBIENT_CREDENTIALS=true and DROPZONE_S3_ACCESS_KEY/DROPZONE_S3_SECRET_KEY "
+                    "are both set: choose one"
+                )
+            return None
+        missing = [name for name, value in (("DROPZONE_S3_ACCESS_KEY", access), ("DROPZONE_S3_SECRET_KEY", secret))
+                   if not value]
+        if missing:
+            raise InvalidConfigError(
+                f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set (or set "
+                "DROPZONE_S3_USE_AMBIENT_CREDENTIALS=true to use the machine's AWS credentials)"
+            )
+        return access, secret
+
     def metrics_bind_address(self) -> str | None:
         """host:port for the worker's /metrics endpoint, or None when metrics are off."""
         if not self.metrics_port:
@@ -122,5 +145,7 @@ def load_settings(**overrides: object) -> Settings:
     """Environment first, then the dev stack's env file if it exists."""
     env_file = Path(_env_file())
     if env_file.is_file():
+        # It may hold the database password and DROPZONE_CONFIG_KEYS.
+        require_owner_only(env_file, "env file (DROPZONE_ENV_FILE)")
         return Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
     return Settings(**overrides)  # type: ignore[arg-type]

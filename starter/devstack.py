@@ -346,7 +346,10 @@ class DevStack:
 
     def __enter__(self) -> Self:
         self.data_dir = self.data_dir.resolve()
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # It holds the config key, the S3 secret and the database: its owner's only
+        # (also when an older run created it with the umask's mode).
+        self.data_dir.chmod(0o700)
         self._lock = lock_data_dir(self.data_dir)
         try:
             self._start()

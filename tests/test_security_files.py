@@ -1,11 +1,14 @@
 """File permissions: delivered files get the configured mode end to end, and
-`dropzone connections add` reads secrets only from files only their owner can read."""
+`dropzone connections add` reads secrets only from files only their owner can read
+(key, password and config files), the settings refuse an env file others may
+read, and the dev stack keeps its data directory to its owner."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
+import socket
 import stat
 import uuid
 from pathlib import Path
@@ -17,8 +20,10 @@ from temporalio.client import Client
 from typer.testing import CliRunner
 
 import starter.cli  # noqa: F401  (registers the commands)
+from dropzone.errors import InvalidConfigError
 from starter.api import export_handle, start_export
 from starter.cli.common import app
+from starter.devstack import LOOPBACK, DevStack, StackPorts
 from tests.conftest import add_connection
 from tests.helpers import make_draft
 
@@ -156,3 +161,57 @@ def test_an_encrypted_key_without_its_passphrase_is_refused_at_add(cli_env, ledg
     result = add(cli_env, "--ssh-key-file", key, "--ssh-key-passphrase-file", passphrase)
     assert result.exit_code == 0, result.stderr
     assert ledger.get_connection(json.loads(result.stdout)["id"]).config["ssh_key_passphrase"] == ssh_client_keys.passphrase
+
+
+# --- config files and env files that hold secrets -----------------------------------
+
+
+def test_a_config_file_with_a_secret_that_others_may_read_is_refused(cli_env, ledger, tmp_path):
+    config = json.dumps({"mode": "sftp", "host": "sftp.example.com", "username": "orderflow",
+                         "export_path": "/dropzone/export", "password": "Sentinel-in-config"})
+    shared = write(tmp_path / "conn.json", config, 0o644)
+    result = CliRunner().invoke(app, ["connections", "add", "--org", str(uuid.uuid4()), "--config-file", shared],
+                                env=cli_env)
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (
+        f"error: config file {shared} is accessible by group or others (mode 0644); "
+        f"it holds a secret: run 'chmod 600 {shared}' and try again"
+    )
+    assert "Sentinel-in-config" not in result.stdout + result.stderr
+    assert ledger.list_connections() == []
+
+    # Owner-only, it is taken; a config without secrets (they come from 0600 files) may be shared.
+    os.chmod(shared, 0o600)
+    assert CliRunner().invoke(app, ["connections", "add", "--org", str(uuid.uuid4()), "--config-file", shared],
+                              env=cli_env).exit_code == 0
+    public = write(tmp_path / "public.json", json.dumps({"mode": "filesystem", "export_path": str(tmp_path)}), 0o644)
+    assert CliRunner().invoke(app, ["connections", "add", "--org", str(uuid.uuid4()), "--config-file", public],
+                              env=cli_env).exit_code == 0
+
+
+def test_an_env_file_others_may_read_is_refused(migrated_db_url, config_key, tmp_path):
+    env_file = write(tmp_path / "dropzone.env",
+                     f"DROPZONE_DATABASE_URL={migrated_db_url}\nDROPZONE_CONFIG_KEYS={config_key}\n", 0o640)
+    result = CliRunner().invoke(app, ["connections", "list"], env={"DROPZONE_ENV_FILE": env_file})
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (
+        f"error: env file (DROPZONE_ENV_FILE) {env_file} is accessible by group or others (mode 0640); "
+        f"it holds a secret: run 'chmod 600 {env_file}' and try again"
+    )
+    assert config_key not in result.stdout + result.stderr
+    os.chmod(env_file, 0o600)
+    result = CliRunner().invoke(app, ["connections", "list"], env={"DROPZONE_ENV_FILE": env_file})
+    assert result.exit_code == 0, result.stderr
+
+
+def test_the_dev_stack_data_directory_is_its_owners_only(tmp_path):
+    fresh, older = tmp_path / "fresh" / "data", tmp_path / "older"
+    older.mkdir(mode=0o755)
+    os.chmod(older, 0o755)
+    with socket.socket() as busy:  # the stack stops at its port check, after creating its directory
+        busy.bind((LOOPBACK, 0))
+        busy.listen()
+        for data_dir in (fresh, older):
+            with pytest.raises(InvalidConfigError, match="already in use"):
+                DevStack(data_dir, StackPorts(temporal=busy.getsockname()[1])).__enter__()
+            assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700

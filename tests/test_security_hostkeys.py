@@ -1,5 +1,9 @@
-"""SFTP host keys: shown by `dropzone connections test`, pinned only with --trust,
-and a changed key stops an export before any authentication, for good."""
+"""SFTP host keys: shown by `dropzone connections test`, pinned only with --trust SHA256:…,
+and a changed key stops an export before any authentication, for good.
+
+`--trust` takes the fingerprint the operator approved: a wrong one pins nothing
+(the stored config stays byte for byte the same) and the server's log shows no
+authentication attempt; replacing an existing pin needs --replace-pin."""
 
 from __future__ import annotations
 
@@ -7,11 +11,13 @@ import json
 import os
 import shutil
 import subprocess
+import time
 import uuid
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from sqlalchemy import text
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 from typer.testing import CliRunner
@@ -22,7 +28,7 @@ from dropzone.errors import AuthenticationError
 from dropzone.transports.sftp import SftpDropzone
 from starter.api import export_handle, start_export
 from starter.cli.common import app
-from starter.cli.connections import known_hosts_line
+from starter.cli.hostkeys import known_hosts_line, pin_fingerprint
 from tests.conftest import add_connection
 from tests.helpers import make_draft, wait_for_state
 
@@ -31,6 +37,12 @@ def other_host_key_line() -> str:
     """The public key line of a key no server here has."""
     key = ed25519.Ed25519PrivateKey.generate().public_key()
     return key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+
+
+def other_key() -> tuple[str, str]:
+    """(public key line, fingerprint) of a key no server here has."""
+    line = other_host_key_line()
+    return line, pin_fingerprint(line)
 
 
 @pytest.fixture
@@ -81,7 +93,7 @@ def test_test_shows_the_key_and_trust_pins_it(openssh_server, ledger, cli_env, t
                              "-f", str(tmp_path / "known_hosts")], capture_output=True, text=True, check=True)
     assert server.host_key_fingerprint in keygen.stdout
 
-    trusted = invoke(cli_env, "connections", "test", cid, "--trust")
+    trusted = invoke(cli_env, "connections", "test", cid, "--trust", server.host_key_fingerprint)
     assert trusted.exit_code == 0, trusted.stderr
     assert "host key pinned" in trusted.stdout and f"connection {cid} ok" in trusted.stdout
     record = ledger.get_connection(cid)
@@ -146,3 +158,94 @@ async def test_changed_host_key_fails_the_export_before_authentication(
         SftpDropzone.connect(right)
     assert openssh_server.auth_attempts(username) > 0
 
+
+# --- --trust SHA256:… pins only the approved key ------------------------------------
+
+
+def stored_token(ledger, cid: uuid.UUID) -> str:  # type: ignore[no-untyped-def]
+    with ledger.engine.connect() as conn:
+        return conn.execute(text("SELECT config_encrypted FROM erp_connection WHERE id = :id"), {"id": cid}).scalar_one()
+
+
+def wait_for_auth_attempt(server, username: str, timeout: float = 30.0) -> int:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while (count := server.auth_attempts(username)) == 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return count
+
+
+def test_a_wrong_fingerprint_pins_nothing_and_sends_no_credentials(openssh_server, ledger, cli_env):
+    server = openssh_server
+    # A user of its own: the server's log then tells whether anyone tried to log in as it.
+    username = f"dztrust{uuid.uuid4().hex[:10]}"
+    cid = add_connection(ledger, uuid.uuid4(), server.config(username=username, host_key=None))
+    before = stored_token(ledger, cid)
+    _, approved = other_key()  # what a man in the middle's key would not match
+
+    result = invoke(cli_env, "connections", "test", str(cid), "--trust", approved)
+
+    assert result.exit_code == 2
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert server.host_key_fingerprint in result.stderr and approved in result.stderr
+    assert "nothing pinned" in result.stderr
+    assert stored_token(ledger, cid) == before  # not even re-encrypted
+    assert ledger.get_connection(cid).config.get("host_key") is None
+    assert server.auth_attempts(username) == 0, "the server saw an authentication request"
+
+    # Control: the approved fingerprint pins, and the probe that follows does reach
+    # authentication (this user does not exist there), which the log shows.
+    pinned = invoke(cli_env, "connections", "test", str(cid), "--trust", server.host_key_fingerprint)
+    assert "host key pinned" in pinned.stdout, pinned.stdout
+    assert pinned.exit_code != 0  # the login itself fails
+    assert ledger.get_connection(cid).config["host_key"] == server.host_key_line
+    assert wait_for_auth_attempt(server, username) > 0
+
+
+def test_the_approved_fingerprint_pins_and_the_probe_logs_in(openssh_server, ledger, cli_env):
+    cid = add_connection(ledger, uuid.uuid4(), openssh_server.config(host_key=None))
+    result = invoke(cli_env, "connections", "test", str(cid), "--trust", openssh_server.host_key_fingerprint)
+    assert result.exit_code == 0, result.stderr
+    assert f"host key pinned: {openssh_server.host_key_fingerprint}" in result.stdout
+    assert f"connection {cid} ok" in result.stdout
+    record = ledger.get_connection(cid)
+    assert record.config["host_key"] == openssh_server.host_key_line and record.last_test_success is True
+
+
+def test_replacing_a_different_pin_needs_replace_pin(openssh_server, ledger, cli_env):
+    old_line, old_fingerprint = other_key()
+    cid = add_connection(ledger, uuid.uuid4(), openssh_server.config(host_key=old_line))
+    before = stored_token(ledger, cid)
+    new = openssh_server.host_key_fingerprint
+
+    refused = invoke(cli_env, "connections", "test", str(cid), "--trust", new)
+    assert refused.exit_code == 2
+    assert old_fingerprint in refused.stderr and new in refused.stderr and "--replace-pin" in refused.stderr
+    assert stored_token(ledger, cid) == before
+
+    replaced = invoke(cli_env, "connections", "test", str(cid), "--trust", new, "--replace-pin")
+    assert replaced.exit_code == 0, replaced.stderr
+    assert f"host key pin replaced: {old_fingerprint} -> {new}" in replaced.stdout
+    assert ledger.get_connection(cid).config["host_key"] == openssh_server.host_key_line
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--trust"], "requires an argument"),
+        (["--trust", "yes"], "--trust takes the fingerprint you approved"),
+        (["--trust", "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI"], "--trust takes the fingerprint you approved"),
+        (["--replace-pin"], "--replace-pin needs --trust SHA256:"),
+    ],
+    ids=["bare", "not-a-fingerprint", "key-line", "replace-alone"],
+)
+def test_bad_trust_arguments_are_refused_before_contacting_the_server(
+    args, message, openssh_server, ledger, cli_env
+):
+    username = f"dzarg{uuid.uuid4().hex[:10]}"
+    cid = add_connection(ledger, uuid.uuid4(), openssh_server.config(username=username, host_key=None))
+    before = stored_token(ledger, cid)
+    result = invoke(cli_env, "connections", "test", str(cid), *args)
+    assert result.exit_code == 2
+    assert message in result.stderr
+    assert stored_token(ledger, cid) == before
+    assert ledger.get_connection(cid).last_test_at is None  # nothing was contacted, nothing recorded

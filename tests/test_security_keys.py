@@ -1,8 +1,12 @@
 """Config encryption keys: rotation, refusal to run without a key, and a row
-under a key that is no longer configured."""
+under a key that is no longer configured; object storage keys: given
+explicitly, or the machine's own only when that is chosen; a config copied
+onto another row is refused."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import subprocess
 import sys
 import uuid
@@ -15,11 +19,13 @@ from temporalio.client import Client
 from typer.testing import CliRunner
 
 import starter.cli  # noqa: F401  (registers the commands)
+import worker
 from dropzone.connection_config import config_to_storable, parse_connection_config
 from dropzone.connectors import DROPZONE_JSON_V1
 from dropzone.crypto import ConfigCipher
-from dropzone.errors import ConfigKeyError
+from dropzone.errors import ConfigBindingError, ConfigKeyError, InvalidConfigError
 from dropzone.ledger import Ledger, migrate
+from dropzone.settings import Settings
 from starter.api import export_handle, start_export
 from starter.cli.common import app
 from tests.helpers import make_draft, wait_for_state
@@ -175,3 +181,131 @@ async def test_a_row_under_a_removed_key_fails_the_export_naming_the_connection(
     assert started == [1], "a permanent error is not retried"
     assert list((tmp_path / "dz").iterdir()) == []
     assert ledger.list_exports(org_id=org_id) == []
+
+
+# --- object storage credentials: explicit keys, or the machine's only on request ----
+
+
+@pytest.mark.parametrize(
+    ("blank", "named"),
+    [
+        (("DROPZONE_S3_ACCESS_KEY", "DROPZONE_S3_SECRET_KEY"), "DROPZONE_S3_ACCESS_KEY and DROPZONE_S3_SECRET_KEY are"),
+        (("DROPZONE_S3_SECRET_KEY",), "DROPZONE_S3_SECRET_KEY is"),
+    ],
+    ids=["both", "secret"],
+)
+@pytest.mark.parametrize("entry", ["dropzone-worker", "dropzone export"])
+def test_empty_s3_keys_are_refused_naming_the_setting(entry, blank, named, service_env, tmp_path):
+    draft = tmp_path / "draft.json"
+    draft.write_text(json.dumps(make_draft(org_id=uuid.uuid4())))
+    command = {
+        "dropzone-worker": [sys.executable, "-c", "import worker; worker.main()"],
+        "dropzone export": [sys.executable, "-m", "starter.cli", "export", str(draft), "--connection", str(uuid.uuid4())],
+    }[entry]
+    env = {**service_env, "DROPZONE_CONFIG_KEYS": ConfigCipher.generate_key(),
+           # What boto3 would otherwise pick up silently from the machine:
+           "AWS_ACCESS_KEY_ID": service_env["DROPZONE_S3_ACCESS_KEY"],
+           "AWS_SECRET_ACCESS_KEY": service_env["DROPZONE_S3_SECRET_KEY"]}
+    env.update(dict.fromkeys(blank, ""))
+    result = _run(command, env)
+    assert result.returncode == 2, result
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert f"{named} not set" in result.stderr and "DROPZONE_S3_USE_AMBIENT_CREDENTIALS=true" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_ambient_s3_credentials_only_when_chosen(seaweedfs, migrated_db_url, monkeypatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", seaweedfs.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", seaweedfs.secret_key)
+    base = {"database_url": str(migrated_db_url), "config_keys": ConfigCipher.generate_key(),
+            "s3_endpoint_url": seaweedfs.endpoint_url, "s3_bucket": seaweedfs.bucket}
+
+    chosen = worker.build_adapters(Settings(**base, s3_use_ambient_credentials=True))  # type: ignore[arg-type]
+    explicit = worker.build_adapters(Settings(**base, s3_access_key=seaweedfs.access_key,  # type: ignore[arg-type]
+                                              s3_secret_key=seaweedfs.secret_key))
+    try:
+        # boto3 was given no keys and found them in the environment, as on an instance role.
+        assert chosen.store._client._request_signer._credentials.method == "env"
+        assert explicit.store._client._request_signer._credentials.method == "explicit"
+        key = f"exports/{uuid.uuid4()}/ambient.json"
+        chosen.store.put(key, b"{}", sha256=hashlib.sha256(b"{}").hexdigest(), size=2)
+        assert explicit.store.head(key).size == 2
+    finally:
+        chosen.close()
+        explicit.close()
+
+    with pytest.raises(InvalidConfigError, match="DROPZONE_S3_USE_AMBIENT_CREDENTIALS=true and DROPZONE_S3_ACCESS_KEY"):
+        worker.build_adapters(Settings(**base, s3_use_ambient_credentials=True,  # type: ignore[arg-type]
+                                       s3_access_key=seaweedfs.access_key, s3_secret_key=seaweedfs.secret_key))
+
+
+# --- each encrypted config is bound to its row ----------------------------------------
+
+
+def swap_configs(ledger: Ledger, a: uuid.UUID, b: uuid.UUID) -> None:
+    """What a wrong restore, a bad migration or someone with database access could do."""
+    with ledger.engine.begin() as conn:
+        conn.execute(text(
+            "UPDATE erp_connection SET config_encrypted = CASE id WHEN :a THEN "
+            "(SELECT config_encrypted FROM erp_connection WHERE id = :b) ELSE "
+            "(SELECT config_encrypted FROM erp_connection WHERE id = :a) END WHERE id IN (:a, :b)"
+        ), {"a": a, "b": b})
+
+
+def mismatch(cid: uuid.UUID, other: uuid.UUID) -> str:
+    return (f"connection {cid}: stored config was encrypted for connection {other} (config_encrypted copied "
+            "between rows); refusing to use it: restore this row's own config_encrypted")
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_a_config_swapped_between_rows_is_refused(client: Client, run_worker, ledger, config_key, migrated_db_url,
+                                                       tmp_path):
+    org_a, org_b = uuid.uuid4(), uuid.uuid4()
+    a = ledger.add_connection(org_a, DROPZONE_JSON_V1, fs_config(tmp_path, "a")).id
+    b = ledger.add_connection(org_b, DROPZONE_JSON_V1, fs_config(tmp_path, "b")).id
+    swap_configs(ledger, a, b)
+
+    with pytest.raises(ConfigBindingError) as raised:
+        ledger.get_connection(a)
+    assert raised.value.message == mismatch(a, b) and raised.value.code == "CONFIG_ROW_MISMATCH"
+
+    env = {"DROPZONE_ENV_FILE": str(tmp_path / "absent.env"), "DROPZONE_DATABASE_URL": migrated_db_url,
+           "DROPZONE_CONFIG_KEYS": config_key}
+    result = CliRunner().invoke(app, ["connections", "test", str(b)], env=env)
+    assert result.exit_code == 2
+    assert result.stderr == f"error: {mismatch(b, a)}\n"
+
+    draft = make_draft(org_id=org_a)
+    async with run_worker(client) as queue:
+        await start_export(client, erp_connection_id=a, draft=draft, task_queue=queue)
+        state = await wait_for_state(client, draft["draft_order_id"], lambda s: s.status == "FAILED")
+    assert state.last_error is not None
+    assert state.last_error.code == "CONFIG_ROW_MISMATCH" and state.last_error.message == mismatch(a, b)
+    # Org A's order went nowhere, least of all into org B's dropzone.
+    assert list((tmp_path / "a").iterdir()) == [] and list((tmp_path / "b").iterdir()) == []
+
+
+def test_rows_written_before_the_binding_still_decrypt_and_rotate_keys_binds_them(own_database, tmp_path):
+    key = ConfigCipher.generate_key()
+    cipher = ConfigCipher([key])
+    ledger = Ledger.connect(own_database, cipher, pool_size=1)
+    try:
+        a = ledger.add_connection(uuid.uuid4(), DROPZONE_JSON_V1, fs_config(tmp_path, "a")).id
+        b = ledger.add_connection(uuid.uuid4(), DROPZONE_JSON_V1, fs_config(tmp_path, "b")).id
+        with ledger.engine.begin() as conn:  # as an older release wrote them: the bare config
+            for cid, name in ((a, "a"), (b, "b")):
+                conn.execute(text("UPDATE erp_connection SET config_encrypted = :t WHERE id = :id"),
+                             {"t": cipher.encrypt(fs_config(tmp_path, f"{name}-old")), "id": cid})
+        assert ledger.get_connection(a).config["export_path"].endswith("a-old")
+
+        env = {"DROPZONE_ENV_FILE": str(tmp_path / "absent.env"), "DROPZONE_DATABASE_URL": own_database,
+               "DROPZONE_CONFIG_KEYS": key}
+        result = CliRunner().invoke(app, ["connections", "rotate-keys"], env=env)
+        assert result.exit_code == 0, result.stderr
+
+        assert ledger.get_connection(a).config["export_path"].endswith("a-old")
+        swap_configs(ledger, a, b)
+        with pytest.raises(ConfigBindingError, match=str(a)):
+            ledger.get_connection(a)
+    finally:
+        ledger.dispose()

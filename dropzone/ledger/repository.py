@@ -187,12 +187,13 @@ class Ledger:
     # --- connections ---------------------------------------------------------
 
     def add_connection(self, org_id: UUID, connector_type: str, config: dict[str, Any]) -> ConnectionSummary:
-        encrypted = self._cipher.encrypt(config)
+        connection_id = uuid.uuid4()
+        encrypted = self._cipher.encrypt(config, connection_id=connection_id)  # bound to this row
         now = _utcnow()
         insert = (
             pg_insert(ErpConnection)
             .values(
-                id=uuid.uuid4(),
+                id=connection_id,
                 org_id=org_id,
                 connector_type=connector_type,
                 config_encrypted=encrypted,
@@ -228,7 +229,8 @@ class Ledger:
     def update_connection_config(
         self, connection_id: UUID | str, config: dict[str, Any]
     ) -> ConnectionSummary:
-        return self._update_connection(connection_id, config_encrypted=self._cipher.encrypt(config))
+        cid = _uuid(connection_id, ConnectionNotFoundError, "connection")
+        return self._update_connection(cid, config_encrypted=self._cipher.encrypt(config, connection_id=cid))
 
     def record_connection_test(self, connection_id: UUID | str, success: bool) -> ConnectionSummary:
         return self._update_connection(connection_id, last_test_at=_utcnow(), last_test_success=success)
@@ -237,7 +239,7 @@ class Ledger:
         return self._update_connection(connection_id, active=active)
 
     def rotate_keys(self) -> int:
-        """Re-encrypt every connection config with the first key; returns the row count.
+        """Re-encrypt every connection config with the first key, bound to its row; returns the row count.
 
         One transaction: either every row can be read with the configured keys
         and is rewritten, or nothing changes (ConfigKeyError names the row).

@@ -105,8 +105,8 @@ class ObjectStore:
         self,
         endpoint_url: str,
         bucket: str,
-        access_key: str,
-        secret_key: str,
+        access_key: str | None,
+        secret_key: str | None,
         region: str = "us-east-1",
         *,
         connect_timeout: float = 5.0,
@@ -131,7 +131,12 @@ class ObjectStore:
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
         )
-        # A private session: no shared/default credential chain, no environment lookups.
+        # A private session with exactly these keys. boto3 falls back to the machine's
+        # credentials (environment, ~/.aws, instance metadata) for empty keys: that
+        # happens only when both are None, which the settings allow only on request
+        # (DROPZONE_S3_USE_AMBIENT_CREDENTIALS).
+        if (access_key is None) != (secret_key is None) or access_key == "" or secret_key == "":
+            raise errors.InvalidConfigError(f"{self._label}: access key and secret key must both be given")
         session = boto3.session.Session(
             aws_access_key_id=access_key,
             aws_secret_access_key=secret_key,

@@ -4,24 +4,23 @@ Secrets never go on the command line (where ``ps`` and shell history would
 show them): a password, private key or key passphrase is read from a file
 (``--password-file``, ``--ssh-key-file``, ``--ssh-key-passphrase-file``) or,
 for one of them, from standard input (``-``). Like ssh itself, a secret file
-that group or others may read is refused. Output shows secrets as ``***``.
+that group or others may read is refused, and so is a ``--config-file`` that
+holds a secret. Output shows secrets as ``***``.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
-import stat
 import sys
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from dropzone.connection_config import SftpConfig, config_to_storable, redacted
+from dropzone.connection_config import SECRET_FIELDS, SftpConfig, config_to_storable, redacted
 from dropzone.connectors import DROPZONE_JSON_V1, default_registry
 from dropzone.errors import DropzoneError, InvalidConfigError
+from dropzone.secret_files import require_owner_only
 from dropzone.settings import load_settings
 from starter.cli.common import (
     EXIT_FAILED,
@@ -34,6 +33,7 @@ from starter.cli.common import (
     print_json,
     print_table,
 )
+from starter.cli.hostkeys import TRUST_HINT, approved_fingerprint, show_and_pin_host_key
 
 STDIN = "-"
 
@@ -55,17 +55,7 @@ def _read_text(path: str, what: str) -> str:
 def _read_secret_file(path: str, what: str) -> str:
     """A secret from a file that only its owner may read (or from stdin)."""
     if path != STDIN:
-        try:
-            mode = Path(path).stat().st_mode
-        except OSError as exc:
-            raise InvalidConfigError(f"cannot read {what} {path}: {exc.strerror}") from None
-        if not stat.S_ISREG(mode):
-            raise InvalidConfigError(f"{what} {path} is not a regular file")
-        if mode & 0o077:
-            raise InvalidConfigError(
-                f"{what} {path} is accessible by group or others (mode {stat.S_IMODE(mode):04o}); "
-                f"it holds a secret: run 'chmod 600 {path}' and try again"
-            )
+        require_owner_only(path, what)
     return _read_text(path, what)
 
 
@@ -84,6 +74,9 @@ def _load_config_file(config_file: str) -> dict[str, Any]:
         ) from None
     if not isinstance(data, dict):
         raise InvalidConfigError(f"config file {config_file} must hold a JSON object")
+    if config_file != STDIN and any(data.get(name) for name in SECRET_FIELDS):
+        # A config without secrets (they come from --password-file etc.) may be shared.
+        require_owner_only(config_file, "config file")
     return data
 
 
@@ -155,7 +148,7 @@ def connections_add(
     port: int | None = typer.Option(None, "--port"),
     username: str | None = typer.Option(None, "--username"),
     host_key: str | None = typer.Option(
-        None, "--host-key", help="Pin: 'SHA256:…' or 'ssh-ed25519 AAAA…' (or pin later with 'test --trust')."
+        None, "--host-key", help="Pin: 'SHA256:…' or 'ssh-ed25519 AAAA…' (or pin later with 'test --trust SHA256:…')."
     ),
     export_path: str | None = typer.Option(None, "--export-path"),
     ack_path: str | None = typer.Option(None, "--ack-path"),
@@ -208,7 +201,7 @@ def connections_add(
         if isinstance(config, SftpConfig) and config.host_key is None:
             out.print(
                 f"host key not pinned yet: run 'dropzone connections test {summary.id}', check the "
-                "fingerprint with the server's operator, then rerun with --trust",
+                f"fingerprint with the server's operator, then rerun with {TRUST_HINT}",
                 highlight=False,
             )
 
@@ -277,23 +270,24 @@ def connections_list(
     print_table(["id", "org", "type", "active", "last test"], lines)
 
 
-def known_hosts_line(host: str, port: int, public_line: str) -> str:
-    """``host key-type base64`` as in ~/.ssh/known_hosts; ``[host]:port`` when the port is not 22."""
-    name = host if port == 22 else f"[{host}]:{port}"
-    return f"{name} {public_line}"
-
-
 @connections_app.command("test")
 @handle_errors
 def connections_test(
     connection_id: str = typer.Argument(..., help="Connection UUID."),
-    trust: bool = typer.Option(False, "--trust", help="Pin the server's current host key (SFTP)."),
+    trust: str | None = typer.Option(
+        None, "--trust", metavar="SHA256:…",
+        help="Pin the server's host key if its fingerprint is this one (the one its operator confirmed).",
+    ),
+    replace_pin: bool = typer.Option(
+        False, "--replace-pin", help="With --trust: replace an existing, different pin."
+    ),
     json_output: bool = typer.Option(False, "--json"),
 ) -> None:
     """Write and delete a probe file in the dropzone; show the SFTP host key."""
     from dropzone.transports.sftp import fetch_host_key
 
     cid = parse_uuid(connection_id, "connection")
+    approved = approved_fingerprint(trust, replace_pin)
     ledger = open_ledger(load_settings())
     registry = default_registry()
     report: dict[str, Any] = {"id": str(cid)}
@@ -302,7 +296,9 @@ def connections_test(
         connector = registry.get(record.connector_type)
         config = connector.parse_config(record.config)
         if isinstance(config, SftpConfig):
-            config = _show_and_pin_host_key(ledger, cid, config, trust, report, json_output, fetch_host_key)
+            config = show_and_pin_host_key(
+                ledger, cid, config, approved, replace_pin, report, json_output, fetch_host_key
+            )
         try:
             result = connector.test_connection(config)
         except DropzoneError:
@@ -319,54 +315,6 @@ def connections_test(
         raise fail(f"connection {cid}: {result.detail}", EXIT_FAILED)
     if not json_output:
         out.print(f"connection {cid} ok: {connector.describe(config)} ({result.detail})", highlight=False)
-
-
-def _fingerprint_of_line(public_line: str) -> str:
-    blob = base64.b64decode(public_line.split()[1])
-    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode("ascii").rstrip("=")
-
-
-def _pin_fingerprint(pin: str) -> str:
-    return pin.rstrip("=") if pin.startswith("SHA256:") else _fingerprint_of_line(pin)
-
-
-def _show_and_pin_host_key(
-    ledger: Any,
-    cid: Any,
-    config: SftpConfig,
-    trust: bool,
-    report: dict[str, Any],
-    json_output: bool,
-    fetch_host_key: Any,
-) -> SftpConfig:
-    """Print the server's key; pin it with --trust; refuse to go on without a pin."""
-    key_type, fingerprint, public_line = fetch_host_key(config.host, config.port, config.connect_timeout_seconds)
-    line = known_hosts_line(config.host, config.port, public_line)
-    pinned = _pin_fingerprint(config.host_key) if config.host_key else None
-    report["host_key"] = {"type": key_type, "fingerprint": fingerprint, "known_hosts": line}
-    report["pinned_fingerprint"] = pinned
-    if not json_output:
-        out.print(f"host key of {config.host}:{config.port}: {key_type} {fingerprint}", highlight=False)
-        out.print(f"known_hosts: {line}", highlight=False)
-        if pinned is not None and pinned != fingerprint:
-            # A fingerprint pin may name another of the server's keys (RSA vs
-            # ed25519): the probe below checks the pin against all of them.
-            out.print(f"pinned: {pinned} (not the key shown above; the probe checks the pin)", highlight=False)
-        elif pinned is not None:
-            out.print("pinned: yes (matches)", highlight=False)
-    if trust:
-        config = config.model_copy(update={"host_key": public_line})
-        ledger.update_connection_config(cid, config_to_storable(config))
-        report["pinned_fingerprint"] = fingerprint
-        if not json_output:
-            out.print("host key pinned", highlight=False)
-    elif pinned is None:
-        ledger.record_connection_test(cid, False)
-        if json_output:
-            report.update(ok=False, detail="host key not trusted yet")
-            print_json(report)
-        raise fail("host key not trusted yet: check the fingerprint above, then rerun with --trust")
-    return config
 
 
 @connections_app.command("rotate-keys")
