@@ -1,0 +1,126 @@
+"""Activities that send an export's status callbacks (``dropzone/webhooks.py``).
+
+One POST per activity attempt; Temporal's retry policy (``workflows.policies.WEBHOOK_RETRY``)
+is the backoff while the receiver is down or answers anything but 2xx. The
+URL and the ``whsec_`` secret are loaded from the connection's encrypted
+config by id: neither ever enters the workflow's history. Every try is
+recorded in ``erp_webhook_event``, so ``dropzone status`` shows how delivery goes.
+
+Error table (httpx → ours), all retryable with code ``WEBHOOK_UNDELIVERED``:
+
+    httpx.TimeoutException    "<url>: no answer within <n> s"
+    httpx.TransportError      "<url>: cannot connect (<exception type>)"
+    response status not 2xx   "<url> answered HTTP <status>"
+
+A connection that no longer names a webhook fails the event at once (INVALID_CONFIG).
+Messages name the URL without its query or user info (they may hold tokens).
+"""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+from temporalio import activity
+
+from activities.failures import translate_errors
+from dropzone.connection_config import parse_connection_config
+from dropzone.contracts import WebhookDelivery, WebhookDeliveryOutcome, WebhookGiveUp
+from dropzone.errors import InvalidConfigError, TransientError
+from dropzone.ledger import Ledger
+from dropzone.ledger.models import WebhookEventRecord
+from dropzone.ledger.webhooks import WebhookEvents
+from dropzone.webhooks import WEBHOOK_UNDELIVERED, describe_url, signed_headers
+from workflows import policies
+
+USER_AGENT = "orderflow-dropzone-webhooks/1"
+
+
+def _undelivered(message: str) -> TransientError:
+    return TransientError(message, code=WEBHOOK_UNDELIVERED)
+
+
+class WebhookActivities:
+    def __init__(self, ledger: Ledger, client: httpx.Client | None = None) -> None:
+        self._events = WebhookEvents(ledger)
+        self._ledger = ledger
+        # One pooled client per worker (thread-safe); no redirects: a receiver that
+        # moved must be reconfigured, the signature is for the URL we were given.
+        self._client = client or httpx.Client(
+            timeout=policies.WEBHOOK_REQUEST_TIMEOUT_SECONDS,
+            follow_redirects=False,
+            headers={"user-agent": USER_AGENT},
+            limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
+        )
+
+    def close(self) -> None:
+        self._client.close()
+
+    @activity.defn
+    @translate_errors
+    def send_webhook(self, delivery: WebhookDelivery) -> WebhookDeliveryOutcome:
+        tries = activity.info().attempt
+        event = delivery.event
+        config = parse_connection_config(self._ledger.get_connection(delivery.erp_connection_id).config)
+        if config.webhook_url is None or config.webhook_secret is None:
+            raise InvalidConfigError(f"connection {delivery.erp_connection_id} has no webhook_url any more")
+        url = config.webhook_url
+        body = event.body()
+        headers = signed_headers(config.webhook_secret.get_secret_value(), event, body, int(time.time()))
+        try:
+            response = self._client.post(url, content=body, headers=headers)
+        except httpx.TimeoutException:
+            error = f"{describe_url(url)}: no answer within {policies.WEBHOOK_REQUEST_TIMEOUT_SECONDS:g} s"
+            self._record(delivery, tries, error=error)
+            raise _undelivered(error) from None
+        except httpx.TransportError as exc:
+            error = f"{describe_url(url)}: cannot connect ({type(exc).__name__})"
+            self._record(delivery, tries, error=error)
+            raise _undelivered(error) from None
+        if not response.is_success:
+            error = f"{describe_url(url)} answered HTTP {response.status_code}"
+            self._record(delivery, tries, error=error, response_status=response.status_code)
+            raise _undelivered(error)
+        record = self._record(delivery, tries, response_status=response.status_code, delivered=True)
+        return WebhookDeliveryOutcome(
+            event_id=event.event_id,
+            status=record.status.value,  # type: ignore[arg-type]
+            delivery_attempts=record.delivery_attempts,
+            response_status=response.status_code,
+        )
+
+    @activity.defn
+    @translate_errors
+    def give_up_webhook(self, request: WebhookGiveUp) -> WebhookDeliveryOutcome:
+        delivery = request.delivery
+        record = self._events.give_up(
+            org_id=delivery.org_id,
+            erp_connection_id=delivery.erp_connection_id,
+            event=delivery.event,
+            reason=request.reason,
+        )
+        return WebhookDeliveryOutcome(
+            event_id=record.event_id,
+            status=record.status.value,  # type: ignore[arg-type]
+            delivery_attempts=record.delivery_attempts,
+            response_status=record.response_status,
+        )
+
+    def _record(
+        self,
+        delivery: WebhookDelivery,
+        tries: int,
+        *,
+        error: str | None = None,
+        response_status: int | None = None,
+        delivered: bool = False,
+    ) -> WebhookEventRecord:
+        return self._events.record_try(
+            org_id=delivery.org_id,
+            erp_connection_id=delivery.erp_connection_id,
+            event=delivery.event,
+            tries=tries,
+            delivered=delivered,
+            response_status=response_status,
+            error=error,
+        )

@@ -1,0 +1,86 @@
+"""The status callbacks of one ExportOrderWorkflow run, sent in order in the background.
+
+The workflow pushes an event at each transition and goes on at once: a slow
+or dead receiver never delays, fails or duplicates the export. One coroutine
+sends the events one after another (each is an activity retried with backoff),
+so a receiver gets the events of an export in the order they happened. Each
+event is given up once ``WEBHOOK_GIVE_UP_AFTER`` has passed since it
+happened; the run waits for the queue (``drained``) before it closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from uuid import UUID
+
+from temporalio import workflow
+from temporalio.exceptions import ActivityError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.webhooks import WebhookActivities
+    from dropzone.contracts import WebhookDelivery, WebhookGiveUp
+    from dropzone.webhooks import WebhookEvent
+    from workflows import policies
+
+# Marker of the first status callback in a run's history.
+WEBHOOK_PATCH = "status-callbacks"
+
+
+class WebhookQueue:
+    def __init__(self) -> None:
+        self._pending: deque[WebhookDelivery] = deque()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def idle(self) -> bool:
+        return not self._pending
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def push(self, erp_connection_id: UUID, org_id: UUID, event: WebhookEvent) -> None:
+        self._pending.append(WebhookDelivery(erp_connection_id=erp_connection_id, org_id=org_id, event=event))
+        if self._task is None:
+            self._task = asyncio.create_task(self._send_all())
+
+    async def drained(self) -> None:
+        """Until every event was delivered or given up (each within its own window)."""
+        if self._pending:
+            await workflow.wait_condition(lambda: not self._pending)
+
+    async def _send_all(self) -> None:
+        while True:
+            await workflow.wait_condition(lambda: bool(self._pending))
+            # Stays in the queue while it is sent, so that `idle` means "nothing left".
+            await self._send(self._pending[0])
+            self._pending.popleft()
+
+    async def _send(self, delivery: WebhookDelivery) -> None:
+        event = delivery.event
+        window_left = event.occurred_at + policies.WEBHOOK_GIVE_UP_AFTER - workflow.now()
+        try:
+            await workflow.execute_activity_method(
+                WebhookActivities.send_webhook,
+                delivery,
+                start_to_close_timeout=policies.WEBHOOK_TIMEOUT,
+                schedule_to_close_timeout=max(window_left, policies.WEBHOOK_LAST_CHANCE),
+                retry_policy=policies.WEBHOOK_RETRY,
+                summary=f"status callback {event.type} (attempt {event.attempt})",
+            )
+        except ActivityError as err:
+            # The window ran out (or the connection lost its webhook): record it and
+            # go on with the next event; the export itself is not affected.
+            cause = err.cause or err
+            workflow.logger.warning("status callback %s given up: %s", event.event_id, cause)
+            try:
+                await workflow.execute_activity_method(
+                    WebhookActivities.give_up_webhook,
+                    WebhookGiveUp(delivery=delivery, reason=str(getattr(cause, "message", cause))[:500]),
+                    start_to_close_timeout=policies.LEDGER_TIMEOUT,
+                    schedule_to_close_timeout=policies.TRANSIENT_GIVE_UP_AFTER,
+                    retry_policy=policies.LEDGER_RETRY,
+                    summary="record a given-up status callback",
+                )
+            except ActivityError:  # the ledger was down for a day: the row keeps its last error
+                workflow.logger.warning("could not record status callback %s as given up", event.event_id)
