@@ -42,6 +42,7 @@ from temporalio.worker.workflow_sandbox import (
 
 from activities.acks import AckActivities
 from activities.exports import ExportActivities
+from activities.webhooks import WebhookActivities
 from activities.telemetry import HISTOGRAM_BUCKETS, ExportOwners, TelemetryInterceptor
 from dropzone.connectors import ConnectorRegistry, default_registry
 from dropzone.crypto import ConfigCipher
@@ -167,6 +168,7 @@ def build_worker(
     """The worker; every activity runs inside the telemetry interceptor (log context, metrics)."""
     exports = ExportActivities(adapters.ledger, adapters.store, adapters.connectors)
     acks = AckActivities(adapters.ledger, adapters.connectors)
+    webhooks = WebhookActivities(adapters.ledger)
     telemetry = TelemetryInterceptor(ExportOwners.from_ledger(adapters.ledger))
     return Worker(
         client,
@@ -180,6 +182,8 @@ def build_worker(
             exports.deliver,
             exports.mark_failed,
             acks.poll_ack,
+            webhooks.send_webhook,
+            webhooks.give_up_webhook,
         ],
         activity_executor=executor,
         max_concurrent_activities=max_concurrent_activities,

@@ -177,6 +177,7 @@ class ExportActivities:
             waits_for_ack=config.ack_path is not None,
             poll_interval_seconds=config.poll_interval_seconds,
             ack_timeout_seconds=config.ack_timeout_seconds,
+            webhook=config.webhook_url is not None,
         )
 
     @activity.defn

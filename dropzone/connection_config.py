@@ -33,6 +33,7 @@ from pydantic import (
 )
 
 from dropzone.errors import InvalidConfigError
+from dropzone.webhooks import secret_bytes, validate_webhook_url
 
 __all__ = [
     "SECRET_FIELDS",
@@ -45,7 +46,7 @@ __all__ = [
     "redacted",
 ]
 
-SECRET_FIELDS = ("password", "ssh_key", "ssh_key_passphrase")
+SECRET_FIELDS = ("password", "ssh_key", "ssh_key_passphrase", "webhook_secret")
 REDACTED = "***"
 
 # Host key pins: "SHA256:<unpadded base64 of 32 bytes>" (what `ssh-keygen -lf` prints)
@@ -121,8 +122,31 @@ class _Base(BaseModel):
     poll_interval_seconds: int = Field(default=60, ge=1, le=86400)
     ack_timeout_seconds: int = Field(default=604800, ge=1, le=365 * 86400)
     file_mode: int = Field(default=0o640, ge=0, le=0o7777)
+    # Status callbacks (dropzone/webhooks.py): where to POST each transition, and the
+    # Standard Webhooks secret ("whsec_" + base64) that signs them.
+    webhook_url: str | None = None
+    webhook_secret: SecretStr | None = None
 
     _posix_paths: ClassVar[bool] = True
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_url(cls, value: str | None) -> str | None:
+        return validate_webhook_url(value) if value else None
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _webhook_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or value.get_secret_value() == "":
+            return None
+        secret_bytes(value.get_secret_value())
+        return value
+
+    @model_validator(mode="after")
+    def _webhook_pair(self) -> _Base:
+        if (self.webhook_url is None) != (self.webhook_secret is None):
+            raise ValueError("webhook_url and webhook_secret go together (give both or neither)")
+        return self
 
     @field_validator("file_mode", mode="before")
     @classmethod

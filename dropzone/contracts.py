@@ -15,6 +15,8 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from dropzone.webhooks import WebhookEvent
+
 ExportStatusName = Literal["PENDING", "SENT", "ACKED", "FAILED"]
 
 
@@ -98,10 +100,19 @@ class ExportState(_Contract):
 
 
 class RetryRequest(_Contract):
-    """Signal ``retry``: start a new attempt of a FAILED export."""
+    """Signal ``retry`` and Update ``retry_export``: start a new attempt of a FAILED export."""
 
     reason: str | None = None
     requested_by: str | None = None
+
+
+class RetryResult(_Contract):
+    """Result of the ``retry_export`` Update: the new attempt, once it has been opened."""
+
+    draft_order_id: UUID
+    attempt: int
+    export_id: UUID
+    filename: str
 
 
 class CancelRequest(_Contract):
@@ -138,6 +149,9 @@ class AttemptInfo(_Contract):
     waits_for_ack: bool
     poll_interval_seconds: int
     ack_timeout_seconds: int
+    # The connection names a webhook_url: transitions are sent as status callbacks.
+    # Defaulted, so results recorded in older histories still read.
+    webhook: bool = False
 
 
 class RenderInput(_Contract):
@@ -190,3 +204,25 @@ class MarkFailedInput(_Contract):
 class AttemptStatus(_Contract):
     export_id: UUID
     status: ExportStatusName
+
+
+class WebhookDelivery(_Contract):
+    """One status callback to send: the connection (URL and secret are loaded by id) and the event."""
+
+    erp_connection_id: UUID
+    org_id: UUID
+    event: WebhookEvent
+
+
+class WebhookGiveUp(_Contract):
+    """A status callback whose retry window ran out: recorded as GAVE_UP with the last error."""
+
+    delivery: WebhookDelivery
+    reason: str
+
+
+class WebhookDeliveryOutcome(_Contract):
+    event_id: UUID
+    status: Literal["PENDING", "DELIVERED", "GAVE_UP"]
+    delivery_attempts: int
+    response_status: int | None = None

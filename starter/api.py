@@ -3,7 +3,7 @@
     client = await connect_client(settings)
     started = await start_export(client, erp_connection_id=conn_id, draft=draft_json)
     state = await export_status(client, draft_order_id)
-    await retry_export(client, draft_order_id)
+    attempt = await retry_export(client, draft_order_id, reason="customer fixed")  # RetryRejected says why not
     outcomes = await retry_exports(client, failed_draft_ids)   # many at once
 
 Starting is idempotent: the workflow id is ``erp-export-<draft_order_id>``, a
@@ -21,9 +21,15 @@ from dataclasses import dataclass
 from typing import Any, Literal
 from uuid import UUID
 
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
+    WorkflowHandle,
+    WorkflowQueryFailedError,
+    WorkflowUpdateFailedError,
+)
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
-from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from dropzone.contracts import (
@@ -36,7 +42,7 @@ from dropzone.contracts import (
 from dropzone.errors import ExportNotFoundError, TemporalUnavailableError
 from dropzone.export_v1 import DraftOrder, validate_draft
 from dropzone.transports.object_storage import ObjectStore
-from workflows.export_order import ExportOrderWorkflow
+from workflows.export_order import RETRY_REJECTED, ExportOrderWorkflow
 from workflows.policies import TASK_QUEUE, WORKFLOW_ID_PREFIX, workflow_id_for
 
 # Temporal's payload limit is 2 MB; stay well below it and leave room for history.
@@ -138,16 +144,69 @@ async def _is_running(client: Client, workflow_id: str) -> bool:
     return description.status == WorkflowExecutionStatus.RUNNING
 
 
+class RetryRejected(Exception):
+    """The export cannot be retried now; ``reason`` says why (still running, ACKED, cancelled, run closed)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class RetryAttemptFailed(RetryRejected):
+    """The retry was accepted, but its new attempt failed before it got a number
+    (its connection is unknown, inactive or another organisation's); the export
+    is FAILED again and waits for the next retry."""
+
+
 async def retry_export(
     client: Client, draft_order_id: UUID | str, *, reason: str | None = None, requested_by: str | None = None
-) -> None:
-    """Signal `retry`: a FAILED export starts a new attempt (new row, new file)."""
+) -> int:
+    """The `retry_export` Update: a FAILED export starts a new attempt (new row, new file).
+
+    Returns the new attempt's number once it has been opened. Raises
+    ``RetryRejected`` when the export is not FAILED and waiting for a retry
+    (the workflow's validator says why; nothing is sent) or its run has closed,
+    and ``ExportNotFoundError`` when the draft has no export workflow.
+    """
+    handle = export_handle(client, draft_order_id)
     try:
-        await export_handle(client, draft_order_id).signal(
-            ExportOrderWorkflow.retry, RetryRequest(reason=reason, requested_by=requested_by)
+        result = await handle.execute_update(
+            ExportOrderWorkflow.retry_export, RetryRequest(reason=reason, requested_by=requested_by)
         )
+    except WorkflowUpdateFailedError as exc:
+        cause = exc.cause
+        text = getattr(cause, "message", None) or str(cause or exc)
+        if isinstance(cause, ApplicationError) and cause.type != RETRY_REJECTED:
+            raise RetryAttemptFailed(text) from None
+        raise RetryRejected(text) from None
     except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            closed = await _closed_reason(client, draft_order_id)
+            if closed is not None:
+                raise RetryRejected(closed) from None
         raise _temporal_error(exc, draft_order_id) from None
+    return result.attempt
+
+
+async def _closed_reason(client: Client, draft_order_id: UUID | str) -> str | None:
+    """Why a closed run cannot be retried; None when the run is open or there is none."""
+    try:
+        description = await client.get_workflow_handle(workflow_id_for(draft_order_id)).describe()
+    except RPCError:
+        return None
+    if description.status in (None, WorkflowExecutionStatus.RUNNING):
+        return None
+    try:  # a closed run still answers the query (a worker replays it)
+        state = await export_handle(client, draft_order_id).query(ExportOrderWorkflow.status)
+    except (RPCError, WorkflowQueryFailedError):
+        state = None
+    if state is not None and state.status != "FAILED":
+        order = f" (ERP order {state.erp_order_id})" if state.erp_order_id else ""
+        return f"the export is {state.status}, not FAILED{order}, and its run has closed"
+    return (
+        f"the export's run has closed ({description.status.name}) without a retry: "
+        "export the draft again to send it"
+    )
 
 
 async def cancel_export(client: Client, draft_order_id: UUID | str, *, reason: str | None = None) -> None:
@@ -179,6 +238,7 @@ class RetryOutcome:
     workflow_id: str
     verdict: RetryVerdict
     detail: str = ""
+    attempt: int | None = None  # the new attempt's number, when retried
 
 
 async def failed_running_drafts(client: Client, org_id: UUID) -> list[UUID]:
@@ -208,9 +268,9 @@ async def retry_exports(
     dry_run: bool = False,
     on_outcome: Callable[[RetryOutcome], None] | None = None,
 ) -> list[RetryOutcome]:
-    """Signal `retry` to the workflow of every draft, a few at a time.
+    """Retry (the `retry_export` Update) the export of every draft, a few at a time.
 
-    Only a running workflow can take the signal: closed ones (the retry window
+    Only a running workflow can take the retry: closed ones (the retry window
     ran out, cancelled, or never started) are skipped and reported, so an
     operator can export them again on purpose. ``dry_run`` looks without
     signalling. ``on_outcome`` is called as each draft is done (progress bars).
@@ -243,9 +303,13 @@ async def _retry_one(
     if dry_run:
         return RetryOutcome(draft_order_id, workflow_id, "would_retry")
     try:
-        await retry_export(client, draft_order_id, reason=reason, requested_by=requested_by)
-    except ExportNotFoundError:  # closed between describe and signal
+        attempt = await retry_export(client, draft_order_id, reason=reason, requested_by=requested_by)
+    except RetryAttemptFailed as exc:  # retried, and the new attempt failed at once again
+        return RetryOutcome(draft_order_id, workflow_id, "retried", exc.reason)
+    except RetryRejected as exc:  # not FAILED any more (a late ack, another retry), or closed meanwhile
+        return RetryOutcome(draft_order_id, workflow_id, "skipped", exc.reason)
+    except ExportNotFoundError:  # closed between describe and update
         return RetryOutcome(draft_order_id, workflow_id, "skipped", "workflow closed meanwhile")
     except TemporalUnavailableError as exc:
         return RetryOutcome(draft_order_id, workflow_id, "error", exc.message)
-    return RetryOutcome(draft_order_id, workflow_id, "retried")
+    return RetryOutcome(draft_order_id, workflow_id, "retried", attempt=attempt)

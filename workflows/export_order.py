@@ -4,21 +4,27 @@ Deterministic orchestration only: no I/O, no clock, no randomness. Every side
 effect is an activity; the ledger row of each attempt is the durable record an
 operator reads, the workflow state is what the `status` query answers.
 
-A FAILED attempt waits up to ``RETRY_SIGNAL_WINDOW`` for an operator's retry.
-When it failed only because the ack timeout ran out (ACK_TIMEOUT), the ERP may
-still answer: while waiting, the run keeps polling for that late ack with the
-same activity-retry polling as the ack wait (no history events per poll). A
-late ack ends the run ACKED; a late error_ keeps it FAILED with the ERP's
-error, still waiting for the retry signal; a retry or cancel signal cancels the
-late poll. Guarded by ``workflow.patched(LATE_ACK_PATCH)``: runs that were
-already waiting for a retry before this existed replay unchanged.
+A FAILED attempt waits for an operator's retry (``workflows/retry_wait.py``,
+which also keeps looking for a late ack after ACK_TIMEOUT). Two ways to ask:
+
+- the ``retry`` signal (kept for existing callers): ignored unless the export
+  is FAILED and waiting for a retry, and the caller is told nothing;
+- the ``retry_export`` Update (a signal and an update cannot share a name): its
+  validator rejects the request, saying why, unless the export is FAILED and
+  waiting; accepted, it returns the new attempt (``RetryResult``) once that
+  attempt has been opened. It issues the same commands as the signal, so it
+  needs no patch.
+
+Status callbacks (``workflows/webhook_queue.py``): when the connection names a
+webhook, every transition (SENT, ACKED, FAILED, a retry starting) is queued and
+sent in order in the background; the run waits for the queue before it closes.
+Guarded by ``workflow.patched(WEBHOOK_PATCH)``.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.exceptions import (
@@ -47,39 +53,30 @@ with workflow.unsafe.imports_passed_through():
         OpenAttemptInput,
         RenderInput,
         RetryRequest,
+        RetryResult,
     )
-    from dropzone.errors import (
-        ACK_TIMEOUT,
-        ACTIVITY_TIMEOUT,
-        AckNotYetAvailable,
-        DropzoneError,
-    )
+    from dropzone.errors import ACK_TIMEOUT, AckNotYetAvailable, DropzoneError
     from dropzone.export_v1 import validate_draft
+    from dropzone.webhooks import EVENT_TYPE_FOR_STATUS, WebhookEvent
 
     # Constants only; shared with the worker process (worker.build_workflow_runner)
     # so that one worker process (the chaos suite's) can shorten its timeouts.
     from workflows import policies
 
-# Marker of the late-ack poll in histories: keep this id as long as runs that
-# started before it may be open (RETRY_SIGNAL_WINDOW after the last such deploy).
-LATE_ACK_PATCH = "late-ack-after-ack-timeout"
+from workflows.retry_wait import LATE_ACK_PATCH, RetryWait, error_info_from
+from workflows.webhook_queue import WEBHOOK_PATCH, WebhookQueue
 
+__all__ = ["LATE_ACK_PATCH", "RETRY_REJECTED", "WEBHOOK_PATCH", "ExportOrderWorkflow", "error_info_from"]
 
-def error_info_from(err: BaseException) -> ErrorInfo:
-    """The operator-facing error of a failed activity."""
-    cause = err.cause if isinstance(err, ActivityError) else err
-    if isinstance(cause, ApplicationError):
-        details = cause.details[0] if cause.details else {}
-        fields = details.get("fields", []) if isinstance(details, dict) else []
-        return ErrorInfo(code=cause.type or "ACTIVITY_FAILED", message=cause.message, fields=fields)
-    if isinstance(cause, TimeoutError):
-        return ErrorInfo(code=ACTIVITY_TIMEOUT, message=f"activity timed out ({cause.type.name if cause.type else 'unknown'})")
-    return ErrorInfo(code="ACTIVITY_FAILED", message=str(cause or err))
+# Error type of a refused ``retry_export`` Update (the validator's, or the run's
+# when it closed before the accepted retry could start).
+RETRY_REJECTED = "RETRY_REJECTED"
 
 
 @workflow.defn(name=policies.WORKFLOW_TYPE)
-class ExportOrderWorkflow:
+class ExportOrderWorkflow(RetryWait):
     def __init__(self) -> None:
+        self._request: ExportRequest | None = None
         self._summary: DraftSummary | None = None
         self._attempt: AttemptInfo | None = None
         self._status: ExportStatusName = "PENDING"
@@ -89,9 +86,15 @@ class ExportOrderWorkflow:
         self._retry_requested = False
         self._cancel_requested = False
         self._run_seq = 0
+        # run_seq whose open_attempt has finished, and the one that opened self._attempt.
+        self._opened_seq = 0
+        self._attempt_seq = 0
+        self._closing = False
+        self._webhooks = WebhookQueue()
 
     @workflow.run
     async def run(self, request: ExportRequest) -> ExportResult:
+        self._request = request
         self._summary = await self._summarize(request)
         workflow.upsert_search_attributes(
             [
@@ -102,13 +105,24 @@ class ExportOrderWorkflow:
         while True:
             await self._run_attempt(request)
             if self._status != "FAILED" or self._cancel_requested:
-                return self._result()
+                break
             self._waiting_for = "retry_signal"
             if not await self._wait_for_retry():
-                return self._result()
+                break
             self._retry_requested = False
+        return await self._close()
 
-    # --- signals and query ---------------------------------------------------
+    async def _close(self) -> ExportResult:
+        """The result, once every status callback is out and no Update is left waiting."""
+        self._closing = True
+        if not self._webhooks.idle:
+            self._details(f"{self._status}; delivering {len(self._webhooks)} status callback(s) before closing")
+            await self._webhooks.drained()
+        if not workflow.all_handlers_finished():
+            await workflow.wait_condition(workflow.all_handlers_finished)
+        return self._result()
+
+    # --- signals, update and query ---------------------------------------------
 
     @workflow.signal
     def retry(self, request: RetryRequest) -> None:
@@ -116,6 +130,46 @@ class ExportOrderWorkflow:
         # so that a double click never produces a second file.
         if self._status == "FAILED" and self._waiting_for == "retry_signal":
             self._retry_requested = True
+
+    @workflow.update(name="retry_export")
+    async def retry_export(self, request: RetryRequest) -> RetryResult:
+        """Start a new attempt of a FAILED export; returns it once opened."""
+        before = self._run_seq
+        self._retry_requested = True
+        await workflow.wait_condition(lambda: self._opened_seq > before or self._closing)
+        if self._opened_seq <= before:  # a cancel or a late ack closed the run first
+            raise ApplicationError(
+                f"the export was not retried: the run closed first ({self._status})", type=RETRY_REJECTED
+            )
+        if self._attempt_seq != self._opened_seq or self._attempt is None or self._summary is None:
+            error = self._last_error or ErrorInfo(code="ACTIVITY_FAILED", message="unknown")
+            raise ApplicationError(f"the new attempt could not be opened: {error.message}", type=error.code)
+        return RetryResult(
+            draft_order_id=self._summary.draft_order_id,
+            attempt=self._attempt.attempt,
+            export_id=self._attempt.export_id,
+            filename=self._attempt.filename,
+        )
+
+    @retry_export.validator
+    def _validate_retry(self, request: RetryRequest) -> None:
+        reason = self._why_not_retryable()
+        if reason is not None:
+            raise ApplicationError(reason, type=RETRY_REJECTED, non_retryable=True)
+
+    def _why_not_retryable(self) -> str | None:
+        if self._cancel_requested:
+            return "the export was cancelled"
+        if self._retry_requested:
+            return "the export is being retried already (a retry was requested and is starting)"
+        if self._status == "ACKED":
+            return f"the export is ACKED, not FAILED (ERP order {self._erp_order_id}): the ERP has the order"
+        if self._status == "FAILED" and self._waiting_for == "retry_signal":
+            return None
+        if self._status == "SENT" and self._waiting_for == "nothing":
+            return "the export is SENT, not FAILED, and no ack is expected: nothing to retry"
+        attempt = self._attempt.attempt if self._attempt else 1
+        return f"the export is {self._status}, not FAILED: still running (attempt {attempt}, waiting for {self._waiting_for})"
 
     @workflow.signal
     def cancel(self, request: CancelRequest) -> None:
@@ -176,9 +230,13 @@ class ExportOrderWorkflow:
             )
         except ActivityError as err:
             # No row could be opened (unknown connection, bad config): nothing to mark.
+            self._opened_seq = self._run_seq
             self._fail(error_info_from(err))
             return
+        self._opened_seq = self._attempt_seq = self._run_seq
         attempt = self._attempt
+        if self._run_seq > 1:
+            self._emit("PENDING")  # a retry started
         try:
             self._waiting_for = "delivery"
             self._details(f"attempt {attempt.attempt}: rendering {attempt.filename}")
@@ -202,6 +260,7 @@ class ExportOrderWorkflow:
                 summary=f"deliver {attempt.filename} to {attempt.dropzone_label}",
             )
             self._set_status("SENT")
+            self._emit("SENT")
             if not attempt.waits_for_ack:
                 self._waiting_for = "nothing"
                 self._details(f"attempt {attempt.attempt}: SENT (no ack path configured)")
@@ -217,9 +276,11 @@ class ExportOrderWorkflow:
             self._erp_order_id = outcome.erp_order_id
             self._last_error = None
             self._set_status("ACKED")
+            self._emit("ACKED")
             self._details(f"attempt {attempt.attempt}: ACKED as {outcome.erp_order_id}")
         else:
             self._fail(outcome.error or ErrorInfo(code="ERP_REJECTED", message="rejected by the ERP"))
+            self._emit("FAILED")
 
     async def _await_ack(self, attempt: AttemptInfo) -> AckOutcome | None:
         self._waiting_for = "ack"
@@ -245,108 +306,6 @@ class ExportOrderWorkflow:
             return None
         return poll.result()
 
-    # --- after a FAILED attempt ---------------------------------------------------
-
-    async def _wait_for_retry(self) -> bool:
-        """True when an operator asked for a retry; False when the run should close."""
-        attempt = self._attempt
-        late_ack_possible = (
-            attempt is not None
-            and attempt.waits_for_ack
-            and self._last_error is not None
-            and self._last_error.code == ACK_TIMEOUT
-        )
-        # patched() only where the new code issues new commands, so that
-        # histories of other failures never carry the marker.
-        if attempt is None or not late_ack_possible or not workflow.patched(LATE_ACK_PATCH):
-            return await self._wait_for_retry_signal()
-        return await self._wait_for_retry_or_late_ack(attempt)
-
-    async def _wait_for_retry_signal(self) -> bool:
-        self._details(f"FAILED ({self._last_error.code if self._last_error else '?'}); waiting for a retry signal")
-        try:
-            await workflow.wait_condition(
-                lambda: self._retry_requested or self._cancel_requested,
-                timeout=policies.RETRY_SIGNAL_WINDOW,
-            )
-        except asyncio.TimeoutError:
-            return False
-        return not self._cancel_requested
-
-    async def _wait_for_retry_or_late_ack(self, attempt: AttemptInfo) -> bool:
-        """The retry wait of an ACK_TIMEOUT attempt, racing a poll for the ERP's late answer."""
-        deadline = workflow.now() + policies.RETRY_SIGNAL_WINDOW
-        late = self._start_late_poll(attempt)
-        self._details(
-            f"FAILED (ACK_TIMEOUT); waiting for a retry signal, still looking for a late "
-            f"ack_{attempt.filename} every {attempt.poll_interval_seconds} s"
-        )
-        if not await self._signal_or(deadline, late.done):
-            _stop(late)
-            return False
-        if not late.done():  # a retry or cancel signal: nobody needs the late answer any more
-            _stop(late)
-            return not self._cancel_requested
-        outcome = self._late_outcome(attempt, late)
-        # An ack beats a retry signal that came with it: the ERP has the order,
-        # a new attempt would send it twice.
-        if outcome is not None and outcome.status == "ACKED":
-            return False
-        # A late error (or a poll that gave up): the signal is all there is left to wait for.
-        if not await self._signal_or(deadline):
-            return False
-        return not self._cancel_requested
-
-    async def _signal_or(self, deadline: datetime, also: Callable[[], bool] = lambda: False) -> bool:
-        """Wait for a retry or cancel signal (or ``also``); False when ``deadline`` comes first."""
-        remaining = deadline - workflow.now()
-        if remaining <= timedelta(0):
-            return False
-        try:
-            await workflow.wait_condition(
-                lambda: self._retry_requested or self._cancel_requested or also(), timeout=remaining
-            )
-        except asyncio.TimeoutError:
-            return False
-        return True
-
-    def _start_late_poll(self, attempt: AttemptInfo) -> asyncio.Future[AckOutcome]:
-        return asyncio.ensure_future(
-            workflow.execute_activity_method(
-                AckActivities.poll_ack,
-                ExportRef(export_id=attempt.export_id),
-                start_to_close_timeout=policies.ACK_POLL_TIMEOUT,
-                schedule_to_close_timeout=policies.RETRY_SIGNAL_WINDOW,
-                retry_policy=policies.ack_poll_retry(attempt.poll_interval_seconds),
-                summary=f"look for a late ack_{attempt.filename}",
-            )
-        )
-
-    def _late_outcome(self, attempt: AttemptInfo, late: asyncio.Future[AckOutcome]) -> AckOutcome | None:
-        """Apply the late poll's answer to the run's state; None if the poll gave up."""
-        try:
-            outcome = late.result()
-        except ActivityError as err:
-            # The retry window ran out under it, or the dropzone became unusable
-            # (permission, config): stop looking, the retry signal still works
-            # and any other poll on this connection sweeps a late ack.
-            error = error_info_from(err)
-            workflow.logger.warning("late-ack poll stopped: %s %s", error.code, error.message)
-            return None
-        if outcome.status == "ACKED":
-            self._erp_order_id = outcome.erp_order_id
-            self._last_error = None
-            self._waiting_for = "nothing"
-            self._set_status("ACKED")
-            self._details(f"attempt {attempt.attempt}: ACKED as {outcome.erp_order_id} (the ack came after the ack timeout)")
-        else:
-            self._fail(outcome.error or ErrorInfo(code="ERP_REJECTED", message="rejected by the ERP"))
-            self._details(
-                f"attempt {attempt.attempt}: FAILED ({self._last_error.code if self._last_error else '?'}, "
-                "answered by the ERP after the ack timeout); waiting for a retry signal"
-            )
-        return outcome
-
     def _ack_error(self, err: ActivityError) -> ErrorInfo:
         # The poll's schedule-to-close timeout is the ack timeout. When the next
         # retry would not fit, Temporal fails the activity with the last attempt's
@@ -367,6 +326,7 @@ class ExportOrderWorkflow:
             summary="record failure",
         )
         self._fail(error)
+        self._emit("FAILED")
 
     # --- state ---------------------------------------------------------------
 
@@ -377,6 +337,27 @@ class ExportOrderWorkflow:
     def _set_status(self, status: ExportStatusName) -> None:
         self._status = status
         workflow.upsert_search_attributes([policies.SA_EXPORT_STATUS.value_set(status)])
+
+    def _emit(self, status: ExportStatusName) -> None:
+        """Queue the status callback of a transition of the current attempt (if it has a webhook)."""
+        attempt, summary, request = self._attempt, self._summary, self._request
+        if attempt is None or not attempt.webhook or summary is None or request is None:
+            return
+        # Only runs whose connection has a webhook issue the new commands.
+        if not workflow.patched(WEBHOOK_PATCH):
+            return
+        event = WebhookEvent(
+            event_id=workflow.uuid4(),  # deterministic: the same id when the history replays
+            type=EVENT_TYPE_FOR_STATUS[status],
+            draft_order_id=summary.draft_order_id,
+            export_id=attempt.export_id,
+            attempt=attempt.attempt,
+            status=status,
+            erp_order_id=self._erp_order_id if status == "ACKED" else None,
+            error=self._last_error.to_json() if status == "FAILED" and self._last_error else None,
+            occurred_at=workflow.now(),
+        )
+        self._webhooks.push(request.erp_connection_id, summary.org_id, event)
 
     def _details(self, text: str) -> None:
         workflow.set_current_details(text)
@@ -393,8 +374,3 @@ class ExportOrderWorkflow:
             error=self._last_error,
         )
 
-
-def _stop(poll: asyncio.Future[AckOutcome]) -> None:
-    """Cancel a late-ack poll nobody waits for any more (Temporal cancels the activity)."""
-    if not poll.done():
-        poll.cancel()

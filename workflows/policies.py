@@ -61,6 +61,20 @@ def ack_poll_retry(poll_interval_seconds: int) -> RetryPolicy:
 # A FAILED export waits this long for an operator's `retry` signal, then the run closes.
 RETRY_SIGNAL_WINDOW = timedelta(days=30)
 
+# Status callbacks (activities/webhooks.py): one POST per activity attempt, retried
+# with backoff while the receiver is down or answers an error, for up to a day
+# after the event happened; then the event is given up (recorded as GAVE_UP).
+WEBHOOK_TIMEOUT = timedelta(seconds=30)
+WEBHOOK_REQUEST_TIMEOUT_SECONDS = 10.0
+WEBHOOK_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(minutes=10),
+)
+WEBHOOK_GIVE_UP_AFTER = timedelta(days=1)
+# Left for a send whose window has all but run out, so that it is still tried once.
+WEBHOOK_LAST_CHANCE = timedelta(seconds=30)
+
 
 def workflow_id_for(draft_order_id: object) -> str:
     return f"{WORKFLOW_ID_PREFIX}{draft_order_id}"

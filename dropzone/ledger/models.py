@@ -1,4 +1,5 @@
-"""Tables ``erp_connection``, ``erp_export`` (DESIGN 5.5) and ``erp_ack_rejection``,
+"""Tables ``erp_connection``, ``erp_export`` (DESIGN 5.5), ``erp_ack_rejection``,
+``api_token`` and ``erp_webhook_event``,
 and the value objects the repository hands out instead of live ORM rows.
 
 An export that FAILED with ``ACK_TIMEOUT`` still takes the ERP's answer when it
@@ -210,6 +211,46 @@ class ApiToken(Base):
 Index("idx_api_token_org", ApiToken.org_id)
 
 
+class WebhookEventStatus(StrEnum):
+    PENDING = "PENDING"  # not delivered yet; retried with backoff
+    DELIVERED = "DELIVERED"
+    GAVE_UP = "GAVE_UP"  # its retry window ran out
+
+
+_WEBHOOK_STATUS_CHECK = "status IN ({})".format(", ".join(f"'{s.value}'" for s in WebhookEventStatus))
+
+
+class ErpWebhookEvent(Base):
+    """One status callback of one export (``dropzone/webhooks.py``) and how its delivery went.
+
+    Written by the sending activity on every try; no foreign keys, like the
+    ack rejections: the delivery record must outlive what it mentions.
+    """
+
+    __tablename__ = "erp_webhook_event"
+
+    event_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    org_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    erp_connection_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    draft_order_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    export_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    attempt: Mapped[int]
+    event_type: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(20))
+    delivery_attempts: Mapped[int] = mapped_column(server_default=text("0"))
+    response_status: Mapped[int | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    occurred_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    delivered_at: Mapped[datetime | None] = _timestamp(nullable=True)
+    created_at: Mapped[datetime] = _timestamp()
+    updated_at: Mapped[datetime] = _timestamp()
+
+    __table_args__ = (CheckConstraint(_WEBHOOK_STATUS_CHECK, name="status"),)
+
+
+Index("idx_erp_webhook_event_draft", ErpWebhookEvent.draft_order_id, ErpWebhookEvent.occurred_at)
+
+
 # --- value objects -----------------------------------------------------------
 
 
@@ -291,6 +332,26 @@ class ExportRecord(_Record):
     def answered_late(self) -> bool:
         """The ERP's ack or error file arrived after the ack timeout and was recorded."""
         return bool((self.error_json or {}).get(LATE_ACK_KEY))
+
+
+class WebhookEventRecord(_Record):
+    """One status callback and its delivery state (``dropzone status`` shows these)."""
+
+    event_id: uuid.UUID
+    org_id: uuid.UUID
+    erp_connection_id: uuid.UUID
+    draft_order_id: uuid.UUID
+    export_id: uuid.UUID | None
+    attempt: int
+    event_type: str
+    status: WebhookEventStatus
+    delivery_attempts: int
+    response_status: int | None
+    last_error: str | None
+    occurred_at: UtcDatetime
+    delivered_at: UtcDatetime | None
+    created_at: UtcDatetime
+    updated_at: UtcDatetime
 
 
 class AckRejectionRecord(_Record):

@@ -145,25 +145,31 @@ def retry_cmd(
 
 
 def _retry_one(did: UUID, *, dry_run: bool, reason: str | None, json_output: bool) -> None:
-    from starter.api import export_status, retry_export
+    from starter.api import RetryRejected, export_status, retry_export
     from worker import connect_client
 
-    async def go() -> None:
+    async def go() -> int | None:
         client = await connect_client(load_settings())
-        state = await export_status(client, did)
-        if state.status != "FAILED":
-            raise fail(f"export of draft {did} is {state.status}, not FAILED: nothing to retry")
-        if not dry_run:
-            await retry_export(client, did, reason=reason, requested_by=os.environ.get("USER"))
+        if dry_run:  # a look only: the real retry below asks the workflow itself
+            state = await export_status(client, did)
+            if state.status != "FAILED":
+                raise fail(f"export of draft {did} is {state.status}, not FAILED: nothing to retry", EXIT_FAILED)
+            return None
+        try:
+            return await retry_export(client, did, reason=reason, requested_by=os.environ.get("USER"))
+        except RetryRejected as exc:  # the workflow's own answer: no race with a status query
+            if json_output:
+                print_json({"draft_order_id": str(did), "verdict": "rejected", "reason": exc.reason})
+            raise fail(f"export of draft {did} not retried: {exc.reason}", EXIT_FAILED) from None
 
-    run(go())
+    attempt = run(go())
     verdict = "would_retry" if dry_run else "retried"
     if json_output:
-        print_json({"draft_order_id": str(did), "verdict": verdict})
+        print_json({"draft_order_id": str(did), "verdict": verdict, **({"attempt": attempt} if attempt else {})})
     elif dry_run:
         out.print(f"would retry draft {did}", highlight=False)
     else:
-        out.print(f"retry requested for draft {did}", highlight=False)
+        out.print(f"retried draft {did}: attempt {attempt} started", highlight=False)
 
 
 def failed_draft_ids(ledger: Ledger, org_id: UUID) -> list[UUID]:
@@ -225,7 +231,8 @@ def _retry_all_failed(org_id: UUID, *, dry_run: bool, reason: str | None, json_o
 def _bulk_report(org_id: UUID, dry_run: bool, outcomes: list[Any]) -> dict[str, Any]:
     def rows(verdict: str) -> list[dict[str, Any]]:
         return [
-            {"draft_order_id": str(o.draft_order_id), "workflow_id": o.workflow_id, **({"reason": o.detail} if o.detail else {})}
+            {"draft_order_id": str(o.draft_order_id), "workflow_id": o.workflow_id,
+             **({"reason": o.detail} if o.detail else {}), **({"attempt": o.attempt} if o.attempt else {})}
             for o in outcomes if o.verdict == verdict
         ]
 
