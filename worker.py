@@ -25,7 +25,6 @@ from datetime import timedelta
 import temporalio.activity
 import temporalio.workflow
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.runtime import (
     LogForwardingConfig,
     LoggingConfig,
@@ -51,6 +50,7 @@ from dropzone.ledger import Ledger
 from dropzone.logging_setup import configure_logging
 from dropzone.settings import Settings, load_settings
 from dropzone.transports.object_storage import ObjectStore
+from starter.codec import build_data_converter
 from workflows.export_order import ExportOrderWorkflow
 
 GRACEFUL_SHUTDOWN = timedelta(seconds=30)
@@ -134,7 +134,7 @@ async def connect_client(settings: Settings, *, runtime: Runtime | None = None) 
         return await Client.connect(
             settings.temporal_address,
             namespace=settings.temporal_namespace,
-            data_converter=pydantic_data_converter,
+            data_converter=build_data_converter(settings),
             runtime=runtime,
         )
     except RuntimeError as exc:

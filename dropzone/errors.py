@@ -16,6 +16,7 @@ never contain a credential.
     │   ├── ConnectionNotFoundError    CONNECTION_NOT_FOUND
     │   ├── ExportNotFoundError        EXPORT_NOT_FOUND
     │   ├── ConfigKeyError             CONFIG_KEY_UNAVAILABLE
+    │   ├── PayloadKeyError            PAYLOAD_KEY_UNAVAILABLE
     │   ├── ConfigBindingError         CONFIG_ROW_MISMATCH
     │   ├── AuthenticationError        AUTH_FAILED
     │   ├── HostKeyError               HOST_KEY_MISMATCH / HOST_KEY_UNKNOWN
@@ -103,6 +104,12 @@ class ConfigBindingError(PermanentError):
     """A connection's stored config was encrypted for another connection (row swap)."""
 
     code = "CONFIG_ROW_MISMATCH"
+
+
+class PayloadKeyError(PermanentError):
+    """A Temporal payload is under a key id DROPZONE_PAYLOAD_KEYS does not hold, or does not decrypt."""
+
+    code = "PAYLOAD_KEY_UNAVAILABLE"
 
 
 class AuthenticationError(PermanentError):

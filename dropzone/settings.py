@@ -52,6 +52,16 @@ class Settings(BaseSettings):
     # Set only by the embedded dev stack; production refuses to run without keys.
     dev_stack: bool = False
 
+    # Temporal payload encryption (starter/codec.py): comma-separated ``key_id:base64(32 bytes)``;
+    # the first encrypts, all decrypt (rotation). Everything that talks to Temporal needs it.
+    payload_keys: SecretStr | None = None
+    # `dropzone codec-server`: decrypts payloads for the Temporal UI and CLI. Loopback unless a
+    # token is set; CORS admits only these comma-separated origins (the UI's, e.g. http://127.0.0.1:8233).
+    codec_host: str = "127.0.0.1"
+    codec_port: int = Field(default=8081, ge=1, le=65535)
+    codec_cors_origins: str = ""
+    codec_auth_token: SecretStr | None = None
+
     max_concurrent_activities: int = Field(default=32, ge=1, le=1000)
     # Drafts whose JSON is larger go to object storage and travel as a reference.
     inline_draft_limit_bytes: int = Field(default=256 * 1024, ge=1024, le=1_500_000)

@@ -38,7 +38,7 @@ from dropzone.errors import TemporalUnavailableError
 from dropzone.ledger import Ledger
 from dropzone.settings import DEFAULT_ENV_FILE, Settings
 from starter.api import export_status, retry_export, start_export
-from starter.devstack import DevStack
+from starter.devstack import DevStack, codec_url
 from starter.erp_sim import Answer, ErpRules, FilesystemErpSimulator
 
 DEMO_ORG_ID = UUID("7c9e6679-7425-40de-944b-e07fc1f90ae7")
@@ -272,6 +272,8 @@ async def run_demo(stack: DevStack, *, count: int, exit_when_done: bool, console
                       highlight=False)
         link = ui_link(settings, 'WorkflowType="ExportOrderWorkflow"')
         console.print(f"Temporal UI: {link}", highlight=False)
+        console.print(f"Payloads are encrypted; the UI decrypts them through the codec server at "
+                      f"{codec_url(stack.ports)}.", highlight=False)
         if not exit_when_done:
             console.print("The stack stays up for the Temporal UI; press Ctrl-C to stop.", highlight=False)
             await worker_task  # ends on Ctrl-C
@@ -312,7 +314,8 @@ async def run_dev(stack: DevStack, console: Console, *, erp_simulator: bool = Tr
             on_answer=lambda answer: _print_answer(console, answer),
         ).start()
     lines = [
-        f"Temporal UI:    {settings.temporal_ui_url}",
+        f"Temporal UI:    {settings.temporal_ui_url} (decrypts payloads through the codec server)",
+        f"codec server:   {codec_url(stack.ports)} (temporal workflow show --codec-endpoint {codec_url(stack.ports)} ...)",
         f"data:           {stack.data_dir} ({'reused' if stack.reused_data else 'new'})",
         f"dropzone:       {connection.export_dir}",
         f"acks:           {connection.ack_dir}"

@@ -36,6 +36,7 @@ from typing import IO, Any, Self
 
 from dropzone.crypto import ConfigCipher
 from dropzone.errors import InvalidConfigError
+from starter.codec import generate_key as generate_payload_key
 from workflows.policies import SEARCH_ATTRIBUTES
 
 LOOPBACK = "127.0.0.1"
@@ -94,6 +95,8 @@ class StackPorts:
     temporal_ui: int = 8233
     s3: int = 8333
     internal: dict[str, int] = field(default_factory=_internal_ports)
+    # The codec server (decrypts payloads for the UI): any free port, printed by `dropzone dev`.
+    codec: int = field(default_factory=lambda: free_ports(1)[0])
 
     def published(self) -> list[tuple[int, str]]:
         return [
@@ -114,6 +117,8 @@ def require_free_ports(ports: StackPorts) -> None:
     for name, port in ports.internal.items():
         if not port_is_free(port):
             raise InvalidConfigError(f"port {port} on {LOOPBACK} (SeaweedFS {name}) was taken meanwhile; try again")
+    if not port_is_free(ports.codec):
+        raise InvalidConfigError(f"port {ports.codec} on {LOOPBACK} (codec server) is already in use; try again")
 
 
 # ---------------------------------------------------------------------------
@@ -195,12 +200,34 @@ def launch_temporal(data_dir: Path, ports: StackPorts, *, persist: bool = True) 
         "server", "start-dev", "--ip", LOOPBACK, "--ui-ip", LOOPBACK, "--port", str(ports.temporal),
         "--ui-port", str(ports.temporal_ui), "--log-level", "warn",
         "--ui-disable-news-fetch",  # the UI would otherwise fetch a news feed from the internet
+        # The UI decrypts payloads through our codec server (the browser calls it; keys stay there).
+        "--ui-codec-endpoint", codec_url(ports),
     ]
     if persist:
         argv += ["--db-filename", str(data_dir / "temporal.db")]
     for key in SEARCH_ATTRIBUTES:
         argv += ["--search-attribute", f"{key.name}=Keyword"]
     return ManagedProcess("temporal", argv, data_dir / "logs" / "temporal.log").start()
+
+
+def codec_url(ports: StackPorts) -> str:
+    return f"http://{LOOPBACK}:{ports.codec}"
+
+
+def ui_origins(ports: StackPorts) -> str:
+    return f"http://{LOOPBACK}:{ports.temporal_ui},http://localhost:{ports.temporal_ui}"
+
+
+def launch_codec_server(data_dir: Path, ports: StackPorts, payload_keys: str) -> ManagedProcess:
+    """`dropzone codec-server` on loopback, for the UI's origin; keys travel in its environment."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DROPZONE_")}
+    env.update({
+        "DROPZONE_ENV_FILE": str(data_dir / "dropzone.env"),
+        "DROPZONE_PAYLOAD_KEYS": payload_keys,
+        "DROPZONE_CODEC_CORS_ORIGINS": ui_origins(ports),
+    })
+    argv = [sys.executable, "-m", "starter.cli", "codec-server", "--host", LOOPBACK, "--port", str(ports.codec)]
+    return ManagedProcess("codec-server", argv, data_dir / "logs" / "codec-server.log", env=env).start()
 
 
 def launch_seaweedfs(data_dir: Path, ports: StackPorts, bucket: str, secret_key: str) -> ManagedProcess:
@@ -338,6 +365,7 @@ class DevStack:
     persist_temporal: bool = True
     database_url: str = ""
     config_key: str = ""
+    payload_keys: str = ""
     s3_secret_key: str = ""
     reused_data: bool = False
     _processes: list[ManagedProcess] = field(default_factory=list)
@@ -366,9 +394,11 @@ class DevStack:
         require_free_ports(self.ports)
         self.config_key = self._secret("config.key", ConfigCipher.generate_key)
         self.s3_secret_key = self._secret("s3.secret", lambda: secrets.token_urlsafe(24))
-        # Temporal and SeaweedFS boot while PostgreSQL starts and migrates.
+        self.payload_keys = self._secret("payload.key", lambda: generate_payload_key("dev-1"))
+        # Temporal, SeaweedFS and the codec server boot while PostgreSQL starts and migrates.
         temporal = self._track(launch_temporal(self.data_dir, self.ports, persist=self.persist_temporal))
         weed = self._track(launch_seaweedfs(self.data_dir, self.ports, self.bucket, self.s3_secret_key))
+        codec = self._track(launch_codec_server(self.data_dir, self.ports, self.payload_keys))
         self._postgres = start_postgres(self.data_dir)
         self.database_url = self._postgres.url
         from dropzone.ledger import migrate
@@ -377,6 +407,7 @@ class DevStack:
         deadline = time.monotonic() + STARTUP_DEADLINE_SECONDS
         wait_for_tcp(self.ports.temporal, deadline, temporal)
         wait_for_s3(self.ports.s3, self.bucket, deadline, weed)
+        wait_for_tcp(self.ports.codec, deadline, codec)
         self.write_env_file()
 
     def _track(self, proc: ManagedProcess) -> ManagedProcess:
@@ -419,6 +450,9 @@ class DevStack:
             "DROPZONE_S3_ACCESS_KEY": S3_ACCESS_KEY,
             "DROPZONE_S3_SECRET_KEY": self.s3_secret_key,
             "DROPZONE_CONFIG_KEYS": self.config_key,
+            "DROPZONE_PAYLOAD_KEYS": self.payload_keys,
+            "DROPZONE_CODEC_PORT": str(self.ports.codec),
+            "DROPZONE_CODEC_CORS_ORIGINS": ui_origins(self.ports),
             "DROPZONE_DEV_STACK": "true",
         }
 

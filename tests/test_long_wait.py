@@ -26,7 +26,6 @@ from pathlib import Path
 import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowHistory
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
 from dropzone.connection_config import config_to_storable, parse_connection_config
@@ -37,6 +36,7 @@ from tests.chaos.observer import PartialReadObserver
 from tests.chaos.report import record
 from tests.chaos.scale import size
 from tests.conftest import Target
+from tests.fixtures.temporal import TEST_DATA_CONVERTER
 from tests.helpers import ack_body, error_body, make_draft, wait_for_state, write_ack_atomically
 from workflows import policies
 from workflows.export_order import ExportOrderWorkflow
@@ -111,7 +111,7 @@ def last_export_status(history: WorkflowHistory) -> str | None:
 
 
 async def replays(history: WorkflowHistory) -> None:
-    await Replayer(workflows=[ExportOrderWorkflow], data_converter=pydantic_data_converter).replay_workflow(history)
+    await Replayer(workflows=[ExportOrderWorkflow], data_converter=TEST_DATA_CONVERTER).replay_workflow(history)
 
 
 def failed_with_ack_timeout(state: ExportState) -> bool:

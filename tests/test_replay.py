@@ -22,11 +22,11 @@ from pathlib import Path
 
 import pytest
 from temporalio.client import WorkflowHistory
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
 from dropzone.connection_config import config_to_storable, parse_connection_config
 from starter.api import export_handle, retry_export, start_export
+from tests.fixtures.temporal import TEST_DATA_CONVERTER
 from tests.helpers import ack_body, error_body, make_draft, wait_for_state, write_ack_atomically
 from workflows.export_order import ExportOrderWorkflow
 
@@ -54,14 +54,14 @@ async def test_history_fixtures_exist():
 @pytest.mark.parametrize("path", recorded_histories(), ids=lambda p: p.stem)
 async def test_recorded_history_replays(path: Path):
     history = WorkflowHistory.from_json(f"erp-export-{path.stem}", path.read_text(encoding="utf-8"))
-    replayer = Replayer(workflows=[ExportOrderWorkflow], data_converter=pydantic_data_converter)
+    replayer = Replayer(workflows=[ExportOrderWorkflow], data_converter=TEST_DATA_CONVERTER)
     await replayer.replay_workflow(history)
 
 
 async def _finish_and_capture(client, did: str, name: str) -> None:  # type: ignore[no-untyped-def]
     handle = export_handle(client, did)
     history = await handle.fetch_history()
-    replayer = Replayer(workflows=[ExportOrderWorkflow], data_converter=pydantic_data_converter)
+    replayer = Replayer(workflows=[ExportOrderWorkflow], data_converter=TEST_DATA_CONVERTER)
     await replayer.replay_workflow(history)
     if RECORD:
         HISTORIES.mkdir(parents=True, exist_ok=True)
