@@ -72,6 +72,13 @@ class Settings(BaseSettings):
     metrics_port: int = Field(default=0, ge=0, le=65535)
     metrics_host: str = "127.0.0.1"
 
+    # The HTTP API (`dropzone api`): loopback unless asked, like metrics. A push
+    # body (the draft inside) is spooled to disk past a few MiB, never held whole;
+    # larger bodies get 413.
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8000, ge=1, le=65535)
+    api_max_body_bytes: int = Field(default=1024**3, ge=1024)
+
     # DEBUG also lets paramiko and botocore speak (they stay at WARNING otherwise).
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # auto = console lines on a terminal, JSON lines otherwise.

@@ -7,7 +7,7 @@ non-zero exit code; no traceback ever reaches a user, and no secret is printed.
 import os
 import sys
 
-from starter.cli import acks, admin, codec, connections, dev, erp_sim, exports  # noqa: F401  (they register commands)
+from starter.cli import acks, admin, api, codec, connections, dev, erp_sim, exports, tokens  # noqa: F401  (they register commands)
 from starter.cli.common import app
 
 

@@ -1,0 +1,124 @@
+"""API tokens (table ``api_token``): one organisation each, only their sha256 stored.
+
+A token is ``dzt_`` plus 32 random bytes (URL-safe base64). It is shown once, when
+created; the table keeps its sha256, so a database dump gives nobody a working
+token, and a lookup is one indexed equality on the hash (the token has 256 bits
+of entropy, so a plain hash is enough: no salt, no slow KDF).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from uuid import UUID
+
+from sqlalchemy import Engine, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from dropzone.errors import InvalidConfigError, PermanentError
+from dropzone.ledger.models import ApiToken, UtcDatetime, _Record
+from dropzone.ledger.repository import translate_db_errors
+
+TOKEN_PREFIX = "dzt_"
+TOKEN_BYTES = 32
+MAX_NAME_CHARS = 200
+
+
+class TokenNotFoundError(PermanentError):
+    code = "TOKEN_NOT_FOUND"
+
+
+class ApiTokenRecord(_Record):
+    """A token without its secret: what `tokens list` shows and what a request acts as."""
+
+    id: UUID
+    org_id: UUID
+    name: str
+    created_at: UtcDatetime
+    revoked_at: UtcDatetime | None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def new_token() -> str:
+    return TOKEN_PREFIX + secrets.token_urlsafe(TOKEN_BYTES)
+
+
+class ApiTokens:
+    """Create, look up, list and revoke API tokens. Shares the ledger's pooled engine."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Session]:
+        with translate_db_errors(self._engine.url), self._sessions.begin() as session:
+            yield session
+
+    def create(self, org_id: UUID, name: str) -> tuple[str, ApiTokenRecord]:
+        """A new token for ``org_id``: (the token itself, shown once; its record)."""
+        name = name.strip()
+        if not name or len(name) > MAX_NAME_CHARS:
+            raise InvalidConfigError(f"token name must be 1 to {MAX_NAME_CHARS} characters")
+        token = new_token()
+        row = ApiToken(
+            id=uuid.uuid4(), org_id=org_id, name=name, token_hash=hash_token(token), created_at=datetime.now(UTC)
+        )
+        with self._transaction() as session:
+            session.add(row)
+            session.flush()
+            return token, ApiTokenRecord.model_validate(row)
+
+    def authenticate(self, token: str) -> ApiTokenRecord | None:
+        """The active token with this value, or None (unknown, malformed or revoked)."""
+        if not token.startswith(TOKEN_PREFIX) or len(token) > 200:
+            return None
+        query = select(ApiToken).where(ApiToken.token_hash == hash_token(token), ApiToken.revoked_at.is_(None))
+        with self._transaction() as session:
+            row = session.scalar(query)
+            return ApiTokenRecord.model_validate(row) if row is not None else None
+
+    def list(self, org_id: UUID | None = None, *, include_revoked: bool = False) -> list[ApiTokenRecord]:
+        query = select(ApiToken).order_by(ApiToken.created_at, ApiToken.id)
+        if org_id is not None:
+            query = query.where(ApiToken.org_id == org_id)
+        if not include_revoked:
+            query = query.where(ApiToken.revoked_at.is_(None))
+        with self._transaction() as session:
+            return [ApiTokenRecord.model_validate(row) for row in session.scalars(query)]
+
+    def revoke(self, token_id: UUID) -> ApiTokenRecord:
+        """Revoke a token (idempotent: an already revoked one keeps its first revocation time)."""
+        statement = (
+            update(ApiToken)
+            .where(ApiToken.id == token_id, ApiToken.revoked_at.is_(None))
+            .values(revoked_at=datetime.now(UTC))
+            .returning(ApiToken)
+            .execution_options(synchronize_session=False)
+        )
+        with self._transaction() as session:
+            row = session.scalar(statement) or session.get(ApiToken, token_id)
+            if row is None:
+                raise TokenNotFoundError(f"API token {token_id} not found")
+            return ApiTokenRecord.model_validate(row)
+
+    def revoke_named(self, org_id: UUID, name: str) -> int:
+        """Revoke every active token of the org with this name (the dev stack replaces its own)."""
+        statement = (
+            update(ApiToken)
+            .where(ApiToken.org_id == org_id, ApiToken.name == name, ApiToken.revoked_at.is_(None))
+            .values(revoked_at=datetime.now(UTC))
+        )
+        with self._transaction() as session:
+            return session.execute(statement).rowcount or 0

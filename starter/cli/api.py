@@ -1,0 +1,46 @@
+"""`dropzone api`: serve the HTTP API (FastAPI on uvicorn) until SIGTERM / Ctrl-C."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import typer
+
+from dropzone.settings import load_settings
+from starter.cli.common import app, fail, handle_errors, out
+
+
+@app.command("api")
+@handle_errors
+def api_cmd(
+    host: str | None = typer.Option(None, "--host", help="Listen address (default DROPZONE_API_HOST, 127.0.0.1)."),
+    port: int | None = typer.Option(None, "--port", min=1, max=65535, help="Port (default DROPZONE_API_PORT, 8000)."),
+    write_openapi: Path | None = typer.Option(
+        None, "--write-openapi", help="Write the OpenAPI document to this file and exit (docs/openapi.json)."
+    ),
+) -> None:
+    """Serve the HTTP API: push drafts, retry, status, lists (tokens: `dropzone tokens create`)."""
+    from starter.http import create_app, openapi_json
+    from starter.http.app import port_is_free, uvicorn_config
+
+    if write_openapi is not None:
+        write_openapi.write_text(openapi_json(), encoding="utf-8")
+        out.print(f"wrote {write_openapi}", highlight=False)
+        return
+    import uvicorn
+
+    from worker import setup_logging
+
+    overrides = {k: v for k, v in (("api_host", host), ("api_port", port)) if v is not None}
+    settings = load_settings(**overrides)
+    setup_logging(settings)
+    if not port_is_free(settings.api_host, settings.api_port):
+        raise fail(f"port {settings.api_port} on {settings.api_host} is already in use (--port or DROPZONE_API_PORT)")
+    server = uvicorn.Server(uvicorn_config(settings, create_app(settings)))
+    logging.getLogger("dropzone.api").info(
+        "api listening", extra={"url": f"http://{settings.api_host}:{settings.api_port}"}
+    )
+    out.print(f"HTTP API on http://{settings.api_host}:{settings.api_port} (docs: /docs); Ctrl-C stops it",
+              highlight=False)
+    server.run()

@@ -1,0 +1,230 @@
+"""``/draft-orders/{draft_order_id}``: push, retry-push, and every attempt of one export.
+
+Tenancy: a token acts for one organisation. Another organisation's drafts and
+connections answer 404, exactly like ids that do not exist, so a token learns
+nothing about other tenants.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Annotated, Any
+from uuid import UUID
+
+from fastapi import APIRouter, Depends, Path, Request
+from fastapi.concurrency import run_in_threadpool
+from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.service import RPCError, RPCStatusCode
+
+from dropzone.errors import ExportNotFoundError, InvalidDraftError, TemporalUnavailableError
+from dropzone.export_v1 import DraftOrder, validate_draft
+from dropzone.ledger import ExportRecord, ExportStatus, Ledger
+from starter import api
+from starter.http.body import json_body, push_body, require_json, small_json
+from starter.http.deps import ClientDep, CurrentToken, LedgerDep, SettingsDep, StoreDep
+from starter.http.problems import ProblemError, from_dropzone_error, responses
+from starter.http.schemas import (
+    DraftExports,
+    ExportAttempt,
+    PushAccepted,
+    PushRequest,
+    RetryAccepted,
+    RetryPushRequest,
+)
+from workflows.policies import SA_ORG_ID, workflow_id_for
+
+router = APIRouter(prefix="/draft-orders", tags=["draft orders"])
+
+DraftId = Annotated[UUID, Path(description="The draft order's id (`draft_order_id` in the draft).")]
+
+
+def _not_found(draft_order_id: UUID) -> ProblemError:
+    return ProblemError(404, "not-found", "Not found", f"no export of draft order {draft_order_id} in this organisation")
+
+
+def _status_url(request: Request, draft_order_id: UUID) -> str:
+    return str(request.url_for("draft_exports", draft_order_id=draft_order_id))
+
+
+@dataclass(frozen=True)
+class _Run:
+    org_id: UUID | None
+    running: bool
+    latest: ExportRecord | None
+
+
+async def _find_run(client: Client, ledger: Ledger, draft_order_id: UUID) -> _Run | None:
+    """Whose export of this draft it is, whether its run is open, its latest attempt; None when there is none.
+
+    The ledger knows every draft that got as far as an attempt; Temporal's
+    ``OrgId`` search attribute also knows a run that failed before one.
+    """
+    latest = await run_in_threadpool(ledger.latest_export, draft_order_id)
+    try:
+        description = await client.get_workflow_handle(workflow_id_for(draft_order_id)).describe()
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            return _Run(latest.org_id, False, latest) if latest is not None else None
+        raise TemporalUnavailableError(f"Temporal refused the request: {exc.message}") from None
+    running = description.status == WorkflowExecutionStatus.RUNNING
+    if latest is not None:
+        return _Run(latest.org_id, running, latest)
+    org = description.typed_search_attributes.get(SA_ORG_ID)
+    return _Run(UUID(org) if org else None, running, None)
+
+
+@router.post(
+    "/{draft_order_id}/push",
+    status_code=202,
+    response_model=PushAccepted,
+    summary="Export an approved draft order to an ERP connection",
+    description=(
+        "Starts the export workflow of the draft, or joins it while its run is open (a double push makes one file). "
+        "After the run has closed, a second push is refused with 409 unless `force` is true. Drafts above "
+        "`DROPZONE_INLINE_DRAFT_LIMIT_BYTES` travel through object storage by reference. A bad draft is refused "
+        "with 422 naming every bad field, before anything is written."
+    ),
+    openapi_extra=json_body(PushRequest),
+    responses=responses(400, 401, 404, 409, 413, 415, 422, 503),
+)
+async def push(
+    request: Request,
+    draft_order_id: DraftId,
+    token: CurrentToken,
+    settings: SettingsDep,
+    ledger: LedgerDep,
+    store: StoreDep,
+    client: ClientDep,
+    _json: Annotated[None, Depends(require_json)],
+) -> PushAccepted:
+    async with push_body(request) as body:
+        connection_id = _connection_id(body.erp_connection_id)
+        # Until start_export takes a stream, a large draft is read back from its file.
+        data = body.draft if body.draft is not None else body.draft_file.read()  # type: ignore[union-attr]
+        draft = await _validated(data)
+        if draft.draft_order_id != draft_order_id:
+            raise _invalid("draft.draft_order_id", f"must equal the path's draft order id {draft_order_id}")
+        connections = await run_in_threadpool(ledger.list_connections, token.org_id)
+        connection = next((c for c in connections if c.id == connection_id), None)
+        if connection is None:
+            raise ProblemError(404, "not-found", "Not found", f"no connection {connection_id} in this organisation")
+        if draft.org_id != connection.org_id:
+            raise _invalid(
+                "draft.org_id", f"must be the connection's organisation (connection {connection_id} belongs to org "
+                f"{connection.org_id}, the draft to org {draft.org_id})"
+            )
+        existing = await _find_run(client, ledger, draft_order_id)
+        if existing is not None and existing.org_id is not None and existing.org_id != token.org_id:
+            raise _not_found(draft_order_id)  # the id is another organisation's
+        started = await api.start_export(
+            client, erp_connection_id=connection_id, draft=data, store=store, force=body.force,
+            task_queue=settings.task_queue, inline_limit_bytes=settings.inline_draft_limit_bytes,
+        )
+    if started.run_id is None:  # a closed run exists and the push did not say force
+        raise ProblemError(
+            409, "run-closed", "The export has finished",
+            f"the export of draft order {draft_order_id} has already run and closed; push again with "
+            '"force": true to export it once more',
+        )
+    return PushAccepted(
+        draft_order_id=draft_order_id, workflow_id=started.workflow_id, run_id=started.run_id,
+        started_new=started.started_new, status_url=_status_url(request, draft_order_id),
+    )
+
+
+def _closed(draft_order_id: UUID, latest: ExportRecord | None) -> ProblemError:
+    if latest is not None and latest.status == ExportStatus.ACKED:
+        order = f" as ERP order {latest.erp_order_id}" if latest.erp_order_id else ""
+        why = f"the export of draft order {draft_order_id} is ACKED{order}: there is nothing to retry"
+    else:
+        why = (
+            f"the export of draft order {draft_order_id} is no longer running, so it cannot be retried; "
+            'push it again with "force": true'
+        )
+    return _refused(why)
+
+
+def _refused(why: str) -> ProblemError:
+    return ProblemError(409, "retry-refused", "The export cannot be retried", why)
+
+
+def _connection_id(value: str) -> UUID:
+    try:
+        return UUID(value)
+    except ValueError:
+        raise _invalid("erp_connection_id", "must be a UUID") from None
+
+
+def _invalid(field: str, message: str) -> ProblemError:
+    return ProblemError(422, "invalid-request", "The request is not valid", f"{field}: {message}",
+                        field_errors=[(field, message)])
+
+
+async def _validated(data: bytes) -> DraftOrder:
+    """The draft validator of the CLI and the worker; its problems are named under ``draft``."""
+    try:
+        # Off the event loop: a large draft takes a while to validate.
+        return await asyncio.to_thread(validate_draft, data) if len(data) > 256 * 1024 else validate_draft(data)
+    except InvalidDraftError as exc:
+        raise from_dropzone_error(exc, within="draft") from None
+
+
+@router.post(
+    "/{draft_order_id}/retry-push",
+    status_code=202,
+    response_model=RetryAccepted,
+    summary="Start a new attempt of a FAILED export",
+    description=(
+        "Sends the workflow's `retry` update. Accepted only while the export is FAILED and waiting for a retry; "
+        "otherwise 409 says why (still running, ACKED, run closed). The new attempt writes a new file."
+    ),
+    openapi_extra=json_body(RetryPushRequest),
+    responses=responses(400, 401, 404, 409, 413, 415, 422, 503),
+)
+async def retry_push(
+    request: Request,
+    draft_order_id: DraftId,
+    token: CurrentToken,
+    ledger: LedgerDep,
+    client: ClientDep,
+    _json: Annotated[None, Depends(require_json)],
+) -> RetryAccepted:
+    body = await small_json(request, RetryPushRequest)
+    run = await _find_run(client, ledger, draft_order_id)
+    if run is None or run.org_id != token.org_id:
+        raise _not_found(draft_order_id)
+    if not run.running:
+        raise _closed(draft_order_id, run.latest)
+    try:
+        attempt = await api.retry_export(
+            client, draft_order_id, reason=body.reason, requested_by=f"api token {token.name} ({token.id})"
+        )
+    except api.RetryRejected as exc:
+        raise _refused(exc.reason) from None
+    except ExportNotFoundError:  # closed between the describe and the update
+        raise _closed(draft_order_id, await run_in_threadpool(ledger.latest_export, draft_order_id)) from None
+    return RetryAccepted(
+        draft_order_id=draft_order_id, workflow_id=workflow_id_for(draft_order_id), attempt=attempt,
+        status_url=_status_url(request, draft_order_id),
+    )
+
+
+@router.get(
+    "/{draft_order_id}/exports",
+    name="draft_exports",
+    response_model=DraftExports,
+    summary="Every attempt of one draft's export (as `dropzone status --json`)",
+    responses=responses(401, 404, 422, 503),
+)
+def draft_exports(draft_order_id: DraftId, token: CurrentToken, ledger: LedgerDep, settings: SettingsDep) -> Any:
+    rows = ledger.list_exports(draft_order_id=draft_order_id, org_id=token.org_id, limit=1000)
+    if not rows:
+        raise _not_found(draft_order_id)
+    rows.sort(key=lambda r: r.attempt)
+    return DraftExports(
+        draft_order_id=draft_order_id, org_id=rows[0].org_id, attempts=[ExportAttempt.of(r, settings) for r in rows]
+    )
+
+
+DOCUMENTED_MODELS = (PushRequest, RetryPushRequest)
