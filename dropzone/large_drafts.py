@@ -20,6 +20,8 @@ No Temporal imports: this is domain code.
 
 from __future__ import annotations
 
+import mmap
+import re
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,6 +48,8 @@ from dropzone.export_v1 import (
 LINE_BATCH = 100
 
 Problems = list[tuple[str, str]]
+# Whatever msgspec reads without a copy: bytes, bytearray, memoryview, mmap.
+Buffer = bytes | bytearray | memoryview | mmap.mmap
 
 _TOP_LEVEL = msgspec.json.Decoder(dict[str, msgspec.Raw])
 _RAW_ITEMS = msgspec.json.Decoder(list[msgspec.Raw])
@@ -54,23 +58,26 @@ _KEY = msgspec.json.Encoder()
 # cache_strings="keys": jiter caches only the (few, repeated) keys; caching the
 # mostly unique values of 300,000 lines cost ~20 % of validation time.
 _LINES = TypeAdapter(list[DraftLine], config=ConfigDict(cache_strings="keys"))
+_BYTE_OFFSET = re.compile(r"\s*\(byte (\d+)\)$")
+_SCAN_CHUNK = 1024 * 1024
 # Only for a ``lines`` value that is not a non-empty array: words its problem
 # exactly like DraftOrder does.
 _LINES_FIELD = TypeAdapter(Annotated[list[DraftLine], Field(min_length=1)])
 
 
-def _envelope_model() -> type[BaseModel]:
-    """DraftOrder without ``lines``: built from DraftOrder itself so the two never drift."""
-    hints = typing.get_type_hints(DraftOrder, include_extras=True)
+def model_without_lines(model: type[BaseModel]) -> type[BaseModel]:
+    """``model`` without its ``lines`` field, built from the model itself so the two never drift
+    (the draft here, the export file in the ERP simulator's check)."""
+    hints = typing.get_type_hints(model, include_extras=True)
     fields: dict[str, Any] = {
         name: (hints[name], ... if info.is_required() else info.default)
-        for name, info in DraftOrder.model_fields.items()
+        for name, info in model.model_fields.items()
         if name != "lines"
     }
-    return create_model("DraftOrder", __config__=DraftOrder.model_config, **fields)
+    return create_model(model.__name__, __config__=model.model_config, **fields)
 
 
-_ENVELOPE = _envelope_model()
+_ENVELOPE = model_without_lines(DraftOrder)
 
 
 @dataclass(frozen=True)
@@ -81,14 +88,53 @@ class DraftHead:
     line_count: int
 
 
-def _split_top_level(data: bytes | bytearray | memoryview) -> dict[str, msgspec.Raw]:
+def split_document(data: Buffer) -> dict[str, msgspec.Raw]:
+    """The top-level values of a JSON object as raw spans of ``data`` (not decoded).
+
+    Raises msgspec's ValidationError (not an object) or DecodeError (not JSON).
+    The spans point into ``data``: a memory-mapped file stays open while they live.
+    """
+    return _TOP_LEVEL.decode(data)
+
+
+def split_items(raw: msgspec.Raw) -> list[msgspec.Raw] | None:
+    """The raw items of a JSON array, or None when ``raw`` is another value."""
     try:
-        return _TOP_LEVEL.decode(data)
+        return _RAW_ITEMS.decode(raw)
+    except msgspec.ValidationError:
+        return None
+
+
+def json_error_position(data: Buffer, exc: msgspec.DecodeError) -> str:
+    """msgspec's reason (it quotes no input) with the place, as jiter words it:
+    ``invalid character at line 3 column 7 (byte 41)``. Truncated input ends at its end."""
+    text = str(exc)
+    found = _BYTE_OFFSET.search(text)
+    with memoryview(data) as view:
+        if found is not None:
+            offset, text = int(found[1]), text[: found.start()]
+        elif "truncated" in text:
+            offset = view.nbytes
+        else:
+            return text
+        line, column = 1, offset + 1
+        # Counted 1 MiB at a time: the cold path of a draft that may be hundreds of MB.
+        for start in range(0, offset, _SCAN_CHUNK):
+            piece = bytes(view[start : min(start + _SCAN_CHUNK, offset)])
+            newlines = piece.count(b"\n")
+            if newlines:
+                line += newlines
+                column = offset - (start + piece.rfind(b"\n"))
+    return f"{text.removeprefix('JSON is malformed: ')} at line {line} column {column} (byte {offset})"
+
+
+def _split_top_level(data: Buffer) -> dict[str, msgspec.Raw]:
+    try:
+        return split_document(data)
     except msgspec.ValidationError:
         raise invalid_draft([(DOCUMENT, "must be a JSON object")]) from None
     except msgspec.DecodeError as exc:
-        # msgspec's text gives the byte offset only, never input content.
-        raise invalid_draft([(DOCUMENT, f"invalid JSON: {exc}")]) from None
+        raise invalid_draft([(DOCUMENT, f"invalid JSON: {json_error_position(data, exc)}")]) from None
 
 
 def _validate_envelope(top: dict[str, msgspec.Raw]) -> tuple[DraftOrder | None, Problems]:
@@ -99,6 +145,14 @@ def _validate_envelope(top: dict[str, msgspec.Raw]) -> tuple[DraftOrder | None, 
         return None, validation_problems(exc)
     values = {name: getattr(envelope, name) for name in _ENVELOPE.model_fields}
     return DraftOrder.model_construct(**values, lines=[]), []
+
+
+def check_lines(start: int, raw_lines: list[msgspec.Raw]) -> tuple[list[DraftLine] | None, Problems]:
+    """Validate raw order lines ``lines[start:]``: their models, or None and their problems."""
+    try:
+        return _LINES.validate_json(b"[" + b",".join(raw_lines) + b"]"), []
+    except ValidationError as exc:
+        return None, validation_problems(exc, within=("lines",), index_offset=start)
 
 
 class _LineChecker:
@@ -118,10 +172,9 @@ class _LineChecker:
 
     def check(self, start: int, raw_lines: list[msgspec.Raw]) -> list[DraftLine] | None:
         """The batch's models, or None (and its problems recorded) when a line is invalid."""
-        try:
-            lines = _LINES.validate_json(b"[" + b",".join(raw_lines) + b"]")
-        except ValidationError as exc:
-            self.problems += validation_problems(exc, within=("lines",), index_offset=start)
+        lines, problems = check_lines(start, raw_lines)
+        if lines is None:
+            self.problems += problems
             for offset, raw in enumerate(raw_lines):  # cold path: numbers of the raw lines
                 try:
                     item = _ANY.decode(raw)
@@ -144,10 +197,7 @@ def _split_lines(raw: msgspec.Raw | None) -> tuple[list[msgspec.Raw], Problems]:
     """The raw items of a non-empty ``lines`` array, or the problems of any other value."""
     if raw is None:
         return [], [("lines", "is required")]
-    try:
-        items = _RAW_ITEMS.decode(raw)
-    except msgspec.ValidationError:
-        items = []
+    items = split_items(raw)
     if items:
         return items, []
     try:
@@ -158,7 +208,7 @@ def _split_lines(raw: msgspec.Raw | None) -> tuple[list[msgspec.Raw], Problems]:
 
 
 def stream_validated_export(
-    data: bytes | bytearray | memoryview,
+    data: Buffer,
     write: Callable[[bytes], object] | None = None,
     *,
     batch_lines: int = LINE_BATCH,

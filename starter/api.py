@@ -14,8 +14,6 @@ new export of the same draft happens only with ``force=True``.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -34,14 +32,14 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from dropzone.contracts import (
     CancelRequest,
-    ExportRequest,
     ExportResult,
     ExportState,
     RetryRequest,
 )
+from dropzone.draft_files import MAX_DRAFT_BYTES
 from dropzone.errors import ExportNotFoundError, TemporalUnavailableError
-from dropzone.export_v1 import DraftOrder, validate_draft
 from dropzone.transports.object_storage import ObjectStore
+from starter.draft_intake import DraftCheck, DraftInput, prepare_draft
 from workflows.export_order import RETRY_REJECTED, ExportOrderWorkflow
 from workflows.policies import TASK_QUEUE, WORKFLOW_ID_PREFIX, workflow_id_for
 
@@ -59,42 +57,38 @@ class StartedExport:
     started_new: bool
 
 
-def draft_ref_key(draft: DraftOrder, body: bytes) -> str:
-    return f"drafts/{draft.org_id}/{draft.draft_order_id}/{hashlib.sha256(body).hexdigest()[:16]}.json"
-
-
 async def start_export(
     client: Client,
     *,
     erp_connection_id: UUID,
-    draft: dict[str, Any] | bytes | str,
+    draft: DraftInput,
     store: ObjectStore | None = None,
     force: bool = False,
     task_queue: str = TASK_QUEUE,
     inline_limit_bytes: int = DEFAULT_INLINE_LIMIT,
+    max_draft_bytes: int = MAX_DRAFT_BYTES,
+    check_draft: DraftCheck | None = None,
 ) -> StartedExport:
     """Validate the draft, then start (or join) its export workflow.
 
-    An invalid draft raises ``InvalidDraftError`` naming every field before
-    anything is written. Drafts larger than ``inline_limit_bytes`` are stored
-    in object storage and passed by reference (``store`` is then required).
+    ``draft`` is decoded JSON, its bytes or text, a file path (``os.PathLike``)
+    or a binary stream. An invalid draft raises ``InvalidDraftError`` naming
+    every field before anything is written; so does one above
+    ``max_draft_bytes`` (checked before it is read). Drafts larger than
+    ``inline_limit_bytes`` are validated by streaming, stored in object storage
+    and passed by reference (``store`` is then required), see
+    starter/draft_intake.py. ``check_draft`` sees the validated draft (without
+    its lines when large, in a worker thread) before anything is stored; raise
+    to stop.
     """
-    parsed = validate_draft(draft)
-    body = draft if isinstance(draft, bytes) else (draft.encode() if isinstance(draft, str) else None)
-    draft_json: dict[str, Any] = json.loads(body) if body is not None else dict(draft)  # type: ignore[arg-type]
-    body = body if body is not None else json.dumps(draft_json, separators=(",", ":")).encode()
-    if len(body) > inline_limit_bytes:
-        if store is None:
-            raise ValueError("draft is too large to travel inline: pass an ObjectStore to start_export")
-        key = draft_ref_key(parsed, body)
-        store.put(key, body, sha256=hashlib.sha256(body).hexdigest(), size=len(body))
-        request = ExportRequest(erp_connection_id=erp_connection_id, draft_ref=key)
-    else:
-        request = ExportRequest(erp_connection_id=erp_connection_id, draft=draft_json)
-
+    prepared = await asyncio.to_thread(
+        prepare_draft, erp_connection_id, draft, store=store, inline_limit_bytes=inline_limit_bytes,
+        max_draft_bytes=max_draft_bytes, check=check_draft,
+    )
+    parsed, request = prepared.draft, prepared.request
     workflow_id = workflow_id_for(parsed.draft_order_id)
     was_running = await _is_running(client, workflow_id)
-    summary = f"{parsed.header.external_order_number} · {parsed.org_slug} · {len(parsed.lines)} lines"
+    summary = f"{parsed.header.external_order_number} · {parsed.org_slug} · {prepared.line_count} lines"
     try:
         handle = await client.start_workflow(
             ExportOrderWorkflow.run,

@@ -18,15 +18,11 @@ import json
 import random
 import threading
 import time
-import types
-import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
-
-from pydantic import BaseModel, ValidationError
 
 from dropzone import errors, naming
 from dropzone.connection_config import (
@@ -34,8 +30,10 @@ from dropzone.connection_config import (
     SftpConfig,
     parse_connection_config,
 )
-from dropzone.export_v1 import ExportV1, validation_problems
-from dropzone.transports.base import FileDropzoneBase
+from dropzone.export_v1 import ExportV1
+from dropzone.large_drafts import Buffer
+from dropzone.transports.base import FileDropzoneBase, is_export_name
+from starter.erp_check import check_export
 
 __all__ = [
     "Answer",
@@ -46,7 +44,10 @@ __all__ = [
     "validate_export",
 ]
 
-MAX_EXPORT_BYTES = 64 * 1024 * 1024
+# Anything the pipeline delivers (a draft_ref draft is at most 512 MiB, its export
+# ~1.3× that): checked by streaming, so the limit is about disk and patience, not memory.
+MAX_EXPORT_BYTES = 1024 * 1024 * 1024
+READ_CHUNK = 1024 * 1024
 MAX_REPORTED_PROBLEMS = 5
 INVALID_FORMAT = "INVALID_FORMAT"
 INVALID_CUSTOMER = "INVALID_CUSTOMER"
@@ -58,65 +59,14 @@ SIMULATED_REJECTION = "SIMULATED_REJECTION"
 # ---------------------------------------------------------------------------
 
 
-def validate_export(body: bytes) -> tuple[ExportV1 | None, list[str]]:
-    """(the document, []) for a valid orderflow_export_json_v1 file, else (None, problems)."""
-    try:
-        raw = json.loads(body)
-    except (UnicodeDecodeError, ValueError):
-        return None, ["not UTF-8 JSON"]
-    problems = _key_problems(raw, ExportV1, "")
-    try:
-        document = ExportV1.model_validate(raw)
-    except ValidationError as exc:
-        problems += [f"{path}: {reason}" for path, reason in validation_problems(exc)]
-        document = None
-    return (document, []) if not problems and document is not None else (None, problems)
+def validate_export(body: Buffer) -> tuple[ExportV1 | None, list[str]]:
+    """(the document's head, []) for a valid orderflow_export_json_v1 file, else (None, problems).
 
-
-def _key_problems(data: Any, model: type[BaseModel], path: str) -> list[str]:
-    """DESIGN 5.2: exactly the model's keys, in its field order, at every level."""
-    if not isinstance(data, dict):
-        return []  # the model reports the wrong type
-    where = path or "(document)"
-    expected = list(model.model_fields)
-    problems = []
-    unexpected = [key for key in data if key not in model.model_fields]
-    missing = [key for key in expected if key not in data]
-    if unexpected:
-        problems.append(f"{where}: unexpected key(s) {', '.join(repr(k[:40]) for k in unexpected[:5])}")
-    if missing:
-        problems.append(f"{where}: missing key(s) {', '.join(missing)}")
-    if [key for key in data if key in model.model_fields] != [key for key in expected if key in data]:
-        problems.append(f"{where}: keys out of order (expected {', '.join(expected)})")
-    for name, info in model.model_fields.items():
-        sub, is_list = _nested_model(info.annotation)
-        if sub is None or name not in data:
-            continue
-        child = f"{path}.{name}" if path else name
-        value = data[name]
-        if is_list and isinstance(value, list):
-            for i, item in enumerate(value):
-                problems += _key_problems(item, sub, f"{child}[{i}]")
-        elif not is_list:
-            problems += _key_problems(value, sub, child)
-    return problems
-
-
-def _nested_model(annotation: Any) -> tuple[type[BaseModel] | None, bool]:
-    """(model, is a list of it) for ``M``, ``M | None`` and ``list[M]`` annotations."""
-    origin = typing.get_origin(annotation)
-    if origin is list:
-        inner, _ = _nested_model(typing.get_args(annotation)[0])
-        return inner, True
-    if origin in (typing.Union, types.UnionType):
-        for arg in typing.get_args(annotation):
-            found, is_list = _nested_model(arg)
-            if found is not None:
-                return found, is_list
-        return None, False
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation, False
-    return None, False
+    The head has every field but ``lines`` (left empty): the file is checked by
+    streaming (starter/erp_check.py), never held as one model per line.
+    """
+    check = check_export(body)
+    return check.document, check.problems
 
 
 @dataclass
@@ -177,6 +127,34 @@ class Answer:
 # ---------------------------------------------------------------------------
 # the simulator
 # ---------------------------------------------------------------------------
+
+
+def read_export_buffer(side: FileDropzoneBase, name: str, *, max_bytes: int) -> bytearray | None:
+    """The whole export in one buffer sized from its length (one copy, read 1 MiB at a
+    time); None when it is larger than ``max_bytes`` (nothing read then).
+
+    ``ErpSide.read_export`` returns bytes built up in pieces, which costs a second
+    copy of a large file (over SFTP); this uses the transport's stat and
+    chunked-read primitives of ``FileDropzoneBase`` instead.
+    """
+    if not is_export_name(name):
+        raise errors.InvalidConfigError(f"{side.label}: {name!r} is not an export file name")
+    path = side._join(side.export_path, name)
+    st = side._stat(path)
+    if st is None or not st.is_file:
+        raise errors.MissingDirectoryError(f"{side.label}: export file {path} does not exist")
+    if st.size > max_bytes:
+        return None
+    buffer = bytearray(st.size)
+    filled = 0
+    for chunk in side._iter_file(path, READ_CHUNK):
+        end = filled + len(chunk)
+        if end > max_bytes:
+            return None  # grew since the stat (the pipeline never writes to a published export)
+        buffer[filled:end] = chunk  # in place while within the stat's size
+        filled = end
+    del buffer[filled:]
+    return buffer
 
 
 def open_erp_side(config: SftpConfig | FilesystemConfig) -> FileDropzoneBase:
@@ -269,25 +247,28 @@ class ErpSimulator:
 
     def _answer(self, side: FileDropzoneBase, name: str) -> Answer | None:
         try:
-            body = side.read_export(name, max_bytes=self.max_export_bytes)
+            body = read_export_buffer(side, name, max_bytes=self.max_export_bytes)
         except errors.MissingDirectoryError:
             return None  # removed between listing and reading
         answer = self.decide(name, body)
+        del body
         try:
             side.write_ack(answer.ack_name, answer.body(datetime.now(UTC)))
         except errors.DeliveryConflictError:
             return None  # answered by someone else meanwhile
         return answer
 
-    def decide(self, name: str, body: bytes) -> Answer:
-        if len(body) > self.max_export_bytes:
+    def decide(self, name: str, body: Buffer | None) -> Answer:
+        """The answer to one export file; ``body`` None: larger than ``max_export_bytes``."""
+        if body is None or len(body) > self.max_export_bytes:
             return Answer(name, "FAILED", error_code=INVALID_FORMAT,
                           message=f"larger than {self.max_export_bytes} bytes")
-        document, problems = validate_export(body)
+        check = check_export(body)
+        document = check.document
         if document is None:
-            shown = "; ".join(problems[:MAX_REPORTED_PROBLEMS])
-            if len(problems) > MAX_REPORTED_PROBLEMS:
-                shown += f"; and {len(problems) - MAX_REPORTED_PROBLEMS} more"
+            shown = "; ".join(check.problems[:MAX_REPORTED_PROBLEMS])
+            if check.total > MAX_REPORTED_PROBLEMS:
+                shown += f"; and {check.total - MAX_REPORTED_PROBLEMS} more"
             return Answer(name, "FAILED", error_code=INVALID_FORMAT,
                           message=f"not a valid orderflow_export_json_v1 document: {shown}")
         rejection = self.rules.rejection(document)
