@@ -19,8 +19,11 @@ Every ack file that is refused goes to ``<ack_path>/error/`` AND into the
 it without browsing the dropzone:
 
 * malformed (``dropzone.acks.parse_ack`` says why), oversized (judged from the
-  file size, without reading it), or both ``ack_`` and ``error_`` for one
-  export (the ERP contradicts itself; neither is trusted);
+  file size, without reading it), a symbolic link (never followed or read), or
+  both ``ack_`` and ``error_`` for one export (the ERP contradicts itself;
+  neither is trusted);
+* ``processed/`` or ``error/`` being a link is recorded once (``moved_to`` is the
+  link itself) and fails the poll with ``UNSAFE_PATH``: nothing is read or moved;
 * found by the sweep: while polling one export, the other ack files in the
   same directory are looked at (at most once per poll interval per connection
   and worker), and those for a file this ledger never wrote, or for an export
@@ -52,7 +55,7 @@ from dropzone import naming
 from dropzone.acks import MAX_ACK_BYTES, Ack, ErrorAck, parse_ack
 from dropzone.connectors import ConnectorRegistry
 from dropzone.contracts import AckOutcome, ErrorInfo, ExportRef
-from dropzone.errors import AckNotYetAvailable, DropzoneError, MalformedAckError
+from dropzone.errors import AckNotYetAvailable, DropzoneError, MalformedAckError, UnsafePathError
 from dropzone.ledger import ConnectionRecord, ExportRecord, ExportStatus, Ledger
 from dropzone.ledger.models import LATE_ACK_KEY
 from dropzone.transports.ack_scan import list_ack_files
@@ -63,6 +66,10 @@ log = logging.getLogger(__name__)
 SETTLE_SECONDS = 2.0  # SFTP reports whole seconds: 1 s could be 0.01 s
 SECOND_LOOK_SECONDS = 0.5
 SWEEP_GRACE_POLLS = 10
+
+
+def _link_reason(ack: AckFile) -> str:
+    return f"ack file {ack.name} is a symbolic link; links are never followed or read (the ERP must write a file)"
 
 
 def _outcome_from_record(record: ExportRecord) -> AckOutcome | None:
@@ -104,7 +111,11 @@ class AckActivities:
         connector = self._connectors.get(connection.connector_type)
         config = connector.parse_config(connection.config)
         with connector.session(config) as dropzone:
-            outcome = self._take_own_ack(dropzone, connection, record)
+            try:
+                outcome = self._take_own_ack(dropzone, connection, record)
+            except UnsafePathError as exc:  # processed/ or error/ is a link: nothing read or moved
+                self._record_unsafe_folder(connection, exc, record.id)
+                raise
             if outcome is not None:
                 return outcome
             self._sweep_if_due(dropzone, connection, config.poll_interval_seconds)
@@ -153,6 +164,9 @@ class AckActivities:
     def _process(
         self, dropzone: Dropzone, connection: ConnectionRecord, record: ExportRecord, ack: AckFile
     ) -> AckOutcome | None:
+        if ack.is_link:
+            self._reject(dropzone, connection, ack, _link_reason(ack), record.id)
+            return None
         if ack.size > MAX_ACK_BYTES:
             # Judged from the size alone: a 50 MB file is never read into memory.
             reason = f"malformed ack file {ack.name}: larger than {MAX_ACK_BYTES} bytes ({ack.size} bytes)"
@@ -199,6 +213,8 @@ class AckActivities:
             self._sweep(dropzone, connection, grace=SWEEP_GRACE_POLLS * poll_interval)
         except DropzoneError as exc:
             # The sweep is housekeeping: it must never keep this export's ack waiting.
+            if isinstance(exc, UnsafePathError):
+                self._record_unsafe_folder(connection, exc, None)
             log.warning(
                 "sweep of ack_path failed; will try again",
                 extra={"erp_connection_id": str(connection.id), "error_code": exc.code, "error": exc.message},
@@ -211,7 +227,9 @@ class AckActivities:
             if now - ack.mtime < grace or ack.export_filename in answered:
                 continue
             owner = self._ledger.get_export_by_filename(ack.export_filename)
-            if owner is None:
+            if ack.is_link:
+                self._reject(dropzone, connection, ack, _link_reason(ack), owner.id if owner else None)
+            elif owner is None:
                 reason = f"ack file {ack.name} names {ack.export_filename}, which no export in the ledger wrote"
                 self._reject(dropzone, connection, ack, reason, None)
             elif owner.awaits_late_ack:
@@ -253,6 +271,19 @@ class AckActivities:
         return owner.status == "FAILED" and recorded == parsed.to_error_json()
 
     # --- rejection ------------------------------------------------------------
+
+    def _record_unsafe_folder(self, connection: ConnectionRecord, exc: UnsafePathError, export_id: UUID | None) -> None:
+        """``processed/`` or ``error/`` is a link: nothing moved, but an operator must see it."""
+        if exc.path is None:
+            return
+        self._ledger.record_ack_rejection(
+            org_id=connection.org_id,
+            erp_connection_id=connection.id,
+            export_id=export_id,
+            ack_file=exc.path.rstrip("/").rsplit("/", 1)[-1],
+            reason=exc.message,
+            moved_to=exc.path,  # left where it is; one row per link
+        )
 
     def _reject(
         self,

@@ -24,7 +24,9 @@ never contain a credential.
     │   ├── MissingDirectoryError      MISSING_DIRECTORY
     │   ├── DeliveryConflictError      DELIVERY_CONFLICT
     │   ├── IntegrityError             INTEGRITY_MISMATCH
-    │   └── MalformedAckError          MALFORMED_ACK
+    │   ├── MalformedAckError          MALFORMED_ACK
+    │   ├── UnsafePathError            UNSAFE_PATH
+    │   └── SshAlgorithmError          SSH_ALGORITHM_MISMATCH
     └── TransientError                                 yes — Temporal retries with backoff
         ├── DropzoneUnavailableError   DROPZONE_UNAVAILABLE
         ├── StorageUnavailableError    STORAGE_UNAVAILABLE
@@ -142,6 +144,26 @@ class IntegrityError(PermanentError):
 
 class MalformedAckError(PermanentError):
     code = "MALFORMED_ACK"
+
+
+class UnsafePathError(PermanentError):
+    """A symbolic link (or other non-regular file) where the dropzone needs a file or folder.
+
+    Links below export_path and ack_path are never followed: the ERP could point
+    them anywhere the worker may read or write.
+    """
+
+    code = "UNSAFE_PATH"
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path  # the link, when it is a folder the worker would write into
+
+
+class SshAlgorithmError(PermanentError):
+    """The SSH server and this connection share no allowed algorithm of some kind."""
+
+    code = "SSH_ALGORITHM_MISMATCH"
 
 
 class DropzoneUnavailableError(TransientError):

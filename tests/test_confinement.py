@@ -225,5 +225,9 @@ def test_ack_listing_reading_and_moving_stay_in_ack_path(present, asked, folders
             with suppress(DropzoneError):  # e.g. a plain file named "error" where the folder should be
                 dz.move_ack(ack.name, "error")
         t.assert_confined()
-        # list_ack_files skips symlinks: the link stays where it was.
-        assert (t.ack / "ack_sales_order_link.json").is_symlink()
+        # list_ack_files lists the link so that it can be refused; moved, it is moved
+        # as the link (never followed): exactly one link, still pointing at the decoy.
+        name = "ack_sales_order_link.json"
+        places = [t.ack / name, *(t.ack / folder / name for folder in ("processed", "error"))]
+        links = [p for p in places if p.is_symlink()]
+        assert len(links) == 1 and os.readlink(links[0]) == str(t.decoy)

@@ -11,6 +11,10 @@ here only ever sees project errors.
 Confinement: every path is ``join(<configured directory>, name)`` where
 ``name`` passed ``naming.is_safe_filename`` first (``[A-Za-z0-9._-]``, not
 starting with ``.``), so no name can climb out of the configured directories.
+Nor can a link the ERP planted: ``_stat`` never follows one below them, an ack
+that is a link is listed as one (``AckFile.is_link``) so the poll refuses it
+unread, and ``processed/`` or ``error/`` being a link stops all ack handling
+before anything is read or moved (``UnsafePathError``).
 """
 
 from __future__ import annotations
@@ -67,6 +71,7 @@ class AckFile:
     export_filename: str
     size: int
     mtime: float
+    is_link: bool = False  # planted by the ERP: refused, never read (the size is the link's)
 
 
 @dataclass(frozen=True)
@@ -178,6 +183,7 @@ class StatResult:
     mtime: float
     is_dir: bool
     is_file: bool
+    is_link: bool = False
 
 
 @dataclass(frozen=True)
@@ -204,7 +210,8 @@ class FileDropzoneBase(abc.ABC):
 
     @abc.abstractmethod
     def _stat(self, path: str) -> StatResult | None:
-        """None when nothing exists at ``path``."""
+        """None when nothing exists at ``path``; a link is reported as a link, not
+        followed (only export_path and ack_path themselves are followed)."""
 
     @abc.abstractmethod
     def _write_new(
@@ -225,11 +232,13 @@ class FileDropzoneBase(abc.ABC):
         """
 
     @abc.abstractmethod
-    def _iter_file(self, path: str, chunk_size: int) -> Iterator[bytes]: ...
+    def _iter_file(self, path: str, chunk_size: int) -> Iterator[bytes]:
+        """The bytes of the regular file ``path``; UnsafePathError for a link or a special file."""
 
     @abc.abstractmethod
     def _read_prefix(self, path: str, max_bytes: int) -> bytes | None:
-        """At most ``max_bytes`` bytes; None when the file does not exist."""
+        """At most ``max_bytes`` bytes; None when the file does not exist;
+        UnsafePathError for a link or a special file."""
 
     @abc.abstractmethod
     def _publish(self, tmp: str, final: str) -> bool:
@@ -379,6 +388,8 @@ class FileDropzoneBase(abc.ABC):
         st = self._stat(final)
         if st is None:
             return None
+        if st.is_link:
+            raise errors.UnsafePathError(f"{self.label}: {final} exists and is a symbolic link; not followed")
         if not st.is_file:
             raise errors.DeliveryConflictError(f"{self.label}: {final} exists and is not a regular file")
         if st.size != size:
@@ -415,11 +426,32 @@ class FileDropzoneBase(abc.ABC):
         for kind, name in (("ack", naming.ack_name(export_filename)), ("error", naming.error_ack_name(export_filename))):
             check_name(name)
             st = self._stat(self._join(ack_dir, name))
-            if st is not None and st.is_file:
+            if st is not None and (st.is_file or st.is_link):
                 found.append(
-                    AckFile(name=name, kind=kind, export_filename=export_filename, size=st.size, mtime=st.mtime)
+                    AckFile(
+                        name=name, kind=kind, export_filename=export_filename, size=st.size, mtime=st.mtime,
+                        is_link=st.is_link,
+                    )
                 )
+        if found:  # only then: two more round trips on every poll would cost SFTP dearly
+            for folder in (naming.PROCESSED_DIR, naming.ERROR_DIR):
+                path = self._join(ack_dir, folder)
+                self.check_ack_folder(path, self._stat(path))
         return found
+
+    def check_ack_folder(self, path: str, st: StatResult | None) -> None:
+        """``processed/`` or ``error/`` must be a real directory (or absent, created on the
+        first move) before any ack is read: a link would make ``move_ack`` write wherever
+        it points. Raises UnsafePathError / MissingDirectoryError."""
+        if st is None or (st.is_dir and not st.is_link):
+            return
+        if st.is_link:
+            raise errors.UnsafePathError(
+                f"{self.label}: {path} is a symbolic link; ack files are neither read nor moved "
+                "until it is removed (links under ack_path are never followed; the worker creates the folder)",
+                path=path,
+            )
+        raise errors.MissingDirectoryError(f"{self.label}: {path} exists and is not a directory")
 
     def read_ack(self, name: str, *, max_bytes: int) -> bytes:
         ack_dir = self._require_ack_path()
@@ -427,7 +459,11 @@ class FileDropzoneBase(abc.ABC):
         if max_bytes < 0:
             raise ValueError("max_bytes must be >= 0")
         path = self._join(ack_dir, name)
-        data = self._read_prefix(path, max_bytes + 1)
+        try:
+            data = self._read_prefix(path, max_bytes + 1)
+        except errors.UnsafePathError as exc:
+            # Listed as a regular file a moment ago: the next poll sees (and refuses) the link.
+            raise errors.AckNotYetAvailable(f"{exc.message}; looking again") from None
         if data is None:
             raise errors.AckNotYetAvailable(f"{self.label}: ack file {path} disappeared before it was read")
         return data

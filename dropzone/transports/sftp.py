@@ -359,6 +359,17 @@ class _Session:
             self.transport.close()
 
 
+def _stat_result(attrs: paramiko.SFTPAttributes) -> StatResult:
+    mode = attrs.st_mode or 0
+    return StatResult(
+        size=attrs.st_size or 0,
+        mtime=float(attrs.st_mtime or 0),
+        is_dir=stat_mod.S_ISDIR(mode),
+        is_file=stat_mod.S_ISREG(mode),
+        is_link=stat_mod.S_ISLNK(mode),
+    )
+
+
 def _url(host: str, port: int, username: str | None) -> str:
     return f"sftp://{username}@{host}:{port}" if username else f"sftp://{host}:{port}"
 
@@ -731,20 +742,27 @@ class SftpDropzone(FileDropzoneBase):
         return posixpath.join(directory, name)
 
     def _stat(self, path: str) -> StatResult | None:
+        # lstat below the configured directories: a link the ERP planted is reported,
+        # never followed (the directories themselves may be links: the operator's choice).
+        follow = path in (self.export_path, self.ack_path)
         with self._sftp(f"stat {path}") as sftp:
             try:
-                attrs = sftp.stat(path)
+                attrs = sftp.stat(path) if follow else sftp.lstat(path)
             except SftpStatusError as exc:
                 if exc.sftp_code in (FX_NO_SUCH_FILE, FX_NO_SUCH_PATH):
                     return None
                 raise
-        mode = attrs.st_mode or 0
-        return StatResult(
-            size=attrs.st_size or 0,
-            mtime=float(attrs.st_mtime or 0),
-            is_dir=stat_mod.S_ISDIR(mode),
-            is_file=stat_mod.S_ISREG(mode),
-        )
+        return _stat_result(attrs)
+
+    def _check_regular(self, path: str) -> bool:
+        """lstat before open (SFTP has no O_NOFOLLOW): False when nothing is there."""
+        st = self._stat(path)
+        if st is None:
+            return False
+        if not st.is_file:
+            what = "a symbolic link" if st.is_link else "not a regular file"
+            raise errors.UnsafePathError(f"{self.label}: {path} is {what}; not read (links are never followed)")
+        return True
 
     def _listdir(self, directory: str) -> list[DirEntry]:
         with self._sftp(f"list {directory}") as sftp:
@@ -755,17 +773,8 @@ class SftpDropzone(FileDropzoneBase):
                     # The translation would say "no such file"; say which directory.
                     raise errors.MissingDirectoryError(f"{self.label}: directory {directory} does not exist") from exc
                 raise
-        entries = []
-        for a in attrs:
-            mode = a.st_mode or 0
-            stat = StatResult(
-                size=a.st_size or 0,
-                mtime=float(a.st_mtime or 0),
-                is_dir=stat_mod.S_ISDIR(mode),
-                is_file=stat_mod.S_ISREG(mode),
-            )
-            entries.append(DirEntry(a.filename, stat))
-        return entries
+        # READDIR attributes are lstat's (OpenSSH, asyncssh): links show as links.
+        return [DirEntry(a.filename, _stat_result(a)) for a in attrs]
 
     def _open(self, sftp: _SFTPClient, path: str, flags: int, mode: int | None) -> bytes:
         attrs = paramiko.SFTPAttributes()
@@ -789,15 +798,27 @@ class SftpDropzone(FileDropzoneBase):
         progress: ProgressCallback | None,
     ) -> tuple[int, str]:
         session = self._s
-        flags = SFTP_FLAG_WRITE | SFTP_FLAG_CREATE | (SFTP_FLAG_EXCL if exclusive else SFTP_FLAG_TRUNC)
+        flags = SFTP_FLAG_WRITE | SFTP_FLAG_CREATE | SFTP_FLAG_EXCL
         try:
+            # Always exclusive first: O_EXCL never follows a link, and the server's
+            # open(2) follows one otherwise (SFTP has no O_NOFOLLOW). No extra round
+            # trip unless the name is taken.
             with self._sftp(f"create {path}") as sftp:
                 handle = self._open(sftp, path, flags, self.file_mode)
         except errors.DropzoneError:
             # OpenSSH reports an exclusive create on an existing file as plain "Failure".
-            if exclusive and not session.broken and self._stat(path) is not None:
+            st = None if session.broken else self._stat(path)
+            if st is None:
+                raise
+            if exclusive:
                 raise errors.DeliveryConflictError(f"{self.label}: {path} already exists; not overwriting") from None
-            raise
+            if not st.is_file:
+                raise errors.UnsafePathError(
+                    f"{self.label}: {path} exists and is {'a symbolic link' if st.is_link else 'not a regular file'}; "
+                    "not followed, not overwritten"
+                ) from None
+            with self._sftp(f"create {path}") as sftp:  # our own earlier file: truncate it
+                handle = self._open(sftp, path, SFTP_FLAG_WRITE | SFTP_FLAG_CREATE | SFTP_FLAG_TRUNC, self.file_mode)
         hasher = HashingLimiter(limit, self.label, path, progress)
         closed = False
         ok = False
@@ -877,6 +898,7 @@ class SftpDropzone(FileDropzoneBase):
 
     def _iter_file(self, path: str, chunk_size: int) -> Iterator[bytes]:
         session = self._s
+        self._check_regular(path)
         with self._sftp(f"open {path}") as sftp:
             handle = self._open(sftp, path, SFTP_FLAG_READ, None)
         try:
@@ -933,6 +955,8 @@ class SftpDropzone(FileDropzoneBase):
 
     def _read_prefix(self, path: str, max_bytes: int) -> bytes | None:
         session = self._s
+        if not self._check_regular(path):
+            return None
         with self._sftp(f"open {path}") as sftp:
             try:
                 handle = self._open(sftp, path, SFTP_FLAG_READ, None)
@@ -1002,6 +1026,12 @@ class SftpDropzone(FileDropzoneBase):
             st = self._stat(path)
             if st is None:
                 raise
+            if st.is_link:
+                raise errors.UnsafePathError(
+                    f"{self.label}: {path} is a symbolic link; links under export_path and ack_path are "
+                    "never followed (remove it; the worker creates processed/ and error/ itself)",
+                    path=path,
+                ) from None
             if not st.is_dir:
                 raise errors.MissingDirectoryError(f"{self.label}: {path} exists and is not a directory") from None
 
