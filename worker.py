@@ -24,6 +24,7 @@ from datetime import timedelta
 
 import temporalio.activity
 import temporalio.workflow
+from pydantic import ValidationError
 from temporalio.client import Client
 from temporalio.runtime import (
     LogForwardingConfig,
@@ -48,7 +49,8 @@ from dropzone.crypto import ConfigCipher
 from dropzone.errors import DropzoneError, InvalidConfigError, TemporalUnavailableError
 from dropzone.ledger import Ledger
 from dropzone.logging_setup import configure_logging
-from dropzone.settings import Settings, load_settings
+from dropzone.settings import Settings, invalid_settings_message, load_settings
+from dropzone.temporal_connection import connect_options, describe_failure
 from dropzone.transports.object_storage import ObjectStore
 from starter.codec import build_data_converter
 from workflows.export_order import ExportOrderWorkflow
@@ -130,17 +132,19 @@ def build_runtime(settings: Settings) -> Runtime:
 
 
 async def connect_client(settings: Settings, *, runtime: Runtime | None = None) -> Client:
+    """The one way anything here talks to Temporal: plaintext, TLS, mTLS or an API key, from settings."""
+    options = connect_options(settings)  # bad files fail here, before any network I/O
     try:
         return await Client.connect(
             settings.temporal_address,
             namespace=settings.temporal_namespace,
             data_converter=build_data_converter(settings),
             runtime=runtime,
+            tls=options.tls,
+            api_key=options.api_key,
         )
     except RuntimeError as exc:
-        raise TemporalUnavailableError(
-            f"cannot reach Temporal at {settings.temporal_address} (namespace {settings.temporal_namespace})"
-        ) from exc
+        raise TemporalUnavailableError(describe_failure(settings, options, exc)) from exc
 
 
 def build_workflow_runner() -> SandboxedWorkflowRunner:
@@ -242,6 +246,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         asyncio.run(run_worker(load_settings()))
     except DropzoneError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
+        code = 2
+    except ValidationError as exc:  # settings from the environment, reported as the CLI does
+        print(f"error: {invalid_settings_message(exc)}", file=sys.stderr)
         code = 2
     except KeyboardInterrupt:
         pass

@@ -19,8 +19,6 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 
 from temporalio import activity, workflow
-from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Worker
 
 with workflow.unsafe.imports_passed_through():
@@ -37,6 +35,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from dropzone.export_v1 import validate_draft
 
+from dropzone.settings import load_settings
 from workflows import policies
 
 WORKFLOW_TYPE = "BareExportWorkflow"
@@ -134,7 +133,10 @@ class BareExportWorkflow:
 
 
 async def _serve(address: str, task_queue: str, max_concurrent_activities: int) -> None:
-    client = await Client.connect(address, data_converter=pydantic_data_converter)
+    from worker import connect_client
+
+    # Connected (TLS, credentials, data converter) exactly like the real worker.
+    client = await connect_client(load_settings(temporal_address=address))
     with ThreadPoolExecutor(max_workers=max_concurrent_activities) as executor:
         worker = Worker(
             client,

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from dropzone.errors import InvalidConfigError
@@ -34,6 +34,16 @@ class Settings(BaseSettings):
     temporal_namespace: str = "default"
     task_queue: str = DEFAULT_TASK_QUEUE
     temporal_ui_url: str | None = None
+    # A secured Temporal (dropzone/temporal_connection.py): TLS is on when any of
+    # these is set, or with DROPZONE_TEMPORAL_TLS=true (the system's CAs, as for
+    # Temporal Cloud). Files, so that no secret is ever a process argument.
+    temporal_tls: bool | None = None
+    temporal_tls_ca_file: Path | None = None
+    temporal_tls_server_name: str | None = None
+    temporal_tls_cert_file: Path | None = None
+    temporal_tls_key_file: Path | None = None
+    temporal_api_key: SecretStr | None = None
+    temporal_api_key_file: Path | None = None
 
     database_url: SecretStr | None = None
     database_pool_size: int = Field(default=10, ge=1, le=200)
@@ -83,6 +93,15 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # auto = console lines on a terminal, JSON lines otherwise.
     log_format: Literal["auto", "json", "console"] = "auto"
+
+    @field_validator(
+        "temporal_tls", "temporal_tls_ca_file", "temporal_tls_server_name", "temporal_tls_cert_file",
+        "temporal_tls_key_file", "temporal_api_key", "temporal_api_key_file", mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # The compose file passes every variable, unset ones as "".
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("metrics_port", mode="before")
     @classmethod
@@ -156,6 +175,12 @@ class Settings(BaseSettings):
             return "(not configured)"
         parts = urlsplit(self.database_url.get_secret_value())
         return f"{parts.hostname}:{parts.port or 5432}{parts.path}"
+
+
+def invalid_settings_message(exc: ValidationError) -> str:
+    """One line naming every setting that failed validation, never its value."""
+    names = ", ".join(".".join(str(p) for p in e["loc"]) or "(value)" for e in exc.errors())
+    return f"invalid settings: {names}"
 
 
 def load_settings(**overrides: object) -> Settings:

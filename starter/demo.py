@@ -37,6 +37,7 @@ from dropzone.contracts import ExportState
 from dropzone.errors import TemporalUnavailableError
 from dropzone.ledger import Ledger
 from dropzone.settings import DEFAULT_ENV_FILE, Settings
+from dropzone.temporal_connection import CONNECTION_VARIABLES
 from starter.api import export_status, retry_export, start_export
 from starter.devstack import DevStack, codec_url
 from starter.erp_sim import Answer, ErpRules, FilesystemErpSimulator
@@ -92,7 +93,8 @@ def sample_drafts(count: int) -> list[dict[str, Any]]:
 
 
 def settings_for(stack: DevStack, **overrides: Any) -> Settings:
-    env = stack.environment()
+    # The stack's Temporal is plaintext on loopback: TLS settings in the shell are for another one.
+    env = {**dict.fromkeys(CONNECTION_VARIABLES, ""), **stack.environment()}
     values = {k.removeprefix("DROPZONE_").lower(): v for k, v in env.items()}
     return Settings(**{**values, **overrides})
 

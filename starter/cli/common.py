@@ -35,7 +35,7 @@ from rich.text import Text
 
 from dropzone.errors import DropzoneError, InvalidConfigError
 from dropzone.ledger import Ledger
-from dropzone.settings import Settings
+from dropzone.settings import Settings, invalid_settings_message
 
 app = typer.Typer(
     help="Deliver approved orders to ERP dropzones and steer the exports.",
@@ -74,8 +74,7 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
         except DropzoneError as exc:
             raise fail(exc.message) from None
         except ValidationError as exc:  # settings from the environment
-            names = ", ".join(".".join(str(p) for p in e["loc"]) or "(value)" for e in exc.errors())
-            raise fail(f"invalid settings: {names}") from None
+            raise fail(invalid_settings_message(exc)) from None
         except KeyboardInterrupt:
             raise fail("interrupted", 130) from None
         except Exception as exc:  # a bug: say so without leaking arguments
