@@ -122,7 +122,11 @@ async def test_file_not_visible_to_the_erp(dropzone_cli_in_process, client: Clie
     assert f"file://{target.export_dir}" in tested.stdout
 
 
-async def test_acks_not_processed(dropzone_cli_in_process, client: Client, run_worker, fs_target):
+async def test_acks_not_processed(dropzone_cli_in_process, client: Client, run_worker, fs_target, codec_server, monkeypatch):
+    # Payloads, failures and the current details are encrypted: the `temporal` CLI reads them
+    # through the codec server (`--codec-endpoint URL --codec-auth TOKEN`, or these variables).
+    monkeypatch.setenv("TEMPORAL_CODEC_ENDPOINT", codec_server.url)
+    monkeypatch.setenv("TEMPORAL_CODEC_AUTH", f"Bearer {codec_server.token}")
     fast = dropzone_cli_in_process
     target = fs_target
     org = str(target.org_id)
