@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
 from pathlib import Path
 
 import typer
 
 from dropzone.settings import load_settings
-from starter.cli.common import app, fail, handle_errors, out
+from starter.cli.common import app, fail, handle_errors, out, run
 
 
 @app.command("api")
@@ -22,14 +24,12 @@ def api_cmd(
 ) -> None:
     """Serve the HTTP API: push drafts, retry, status, lists (tokens: `dropzone tokens create`)."""
     from starter.http import create_app, openapi_json
-    from starter.http.app import port_is_free, uvicorn_config
+    from starter.http.app import ApiServer, port_is_free, uvicorn_config
 
     if write_openapi is not None:
         write_openapi.write_text(openapi_json(), encoding="utf-8")
         out.print(f"wrote {write_openapi}", highlight=False)
         return
-    import uvicorn
-
     from worker import setup_logging
 
     overrides = {k: v for k, v in (("api_host", host), ("api_port", port)) if v is not None}
@@ -37,10 +37,17 @@ def api_cmd(
     setup_logging(settings)
     if not port_is_free(settings.api_host, settings.api_port):
         raise fail(f"port {settings.api_port} on {settings.api_host} is already in use (--port or DROPZONE_API_PORT)")
-    server = uvicorn.Server(uvicorn_config(settings, create_app(settings)))
-    logging.getLogger("dropzone.api").info(
-        "api listening", extra={"url": f"http://{settings.api_host}:{settings.api_port}"}
-    )
-    out.print(f"HTTP API on http://{settings.api_host}:{settings.api_port} (docs: /docs); Ctrl-C stops it",
-              highlight=False)
-    server.run()
+    url = f"http://{settings.api_host}:{settings.api_port}"
+
+    async def serve() -> None:
+        server = ApiServer(uvicorn_config(settings, create_app(settings)))
+        loop = asyncio.get_running_loop()
+        # SIGTERM (a deploy) and Ctrl-C: finish the requests in flight, then exit 0.
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, setattr, server, "should_exit", True)
+        await server.serve()
+
+    logging.getLogger("dropzone.api").info("api listening", extra={"url": url})
+    out.print(f"HTTP API on {url} (docs: {url}/docs); Ctrl-C stops it", highlight=False)
+    run(serve())
+    logging.getLogger("dropzone.api").info("api stopped")

@@ -46,18 +46,16 @@ def _operation_id(route: APIRoute) -> str:
     return route.name
 
 
-def create_app(settings: Settings, *, resources: Resources | None = None) -> FastAPI:
-    """The app; ``resources`` (pools) are built from ``settings`` at startup unless given."""
+def create_app(settings: Settings) -> FastAPI:
+    """The app; its pools (``Resources``) are opened at startup and closed at shutdown."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        own = resources is None
-        app.state.resources = Resources.build(settings) if own else resources
+        app.state.resources = Resources.build(settings)
         try:
             yield
         finally:
-            if own:
-                app.state.resources.close()
+            app.state.resources.close()
 
     app = FastAPI(
         title=TITLE, version=VERSION, description=DESCRIPTION, lifespan=lifespan,
@@ -119,9 +117,9 @@ def uvicorn_config(settings: Settings, app: FastAPI, *, port: int | None = None,
 
 
 @asynccontextmanager
-async def serving(settings: Settings, *, port: int | None = None, resources: Resources | None = None) -> AsyncIterator[str]:
-    """Serve the API in this event loop until the block ends; yields its base URL."""
-    server = ApiServer(uvicorn_config(settings, create_app(settings, resources=resources), port=port))
+async def serving(settings: Settings, *, port: int | None = None, app: FastAPI | None = None) -> AsyncIterator[str]:
+    """Serve the API (or ``app``) in this event loop until the block ends; yields its base URL."""
+    server = ApiServer(uvicorn_config(settings, app or create_app(settings), port=port))
     task = asyncio.create_task(server.serve())
     while not server.started:
         if task.done():

@@ -37,17 +37,14 @@ COPY_CHUNK = 1024 * 1024
 _ENVELOPE = msgspec.json.Decoder(dict[str, msgspec.Raw])
 
 
-class BodyTooLarge(Exception):
+class BodyTooLarge(ProblemError):
+    """413; raised by ``BodyLimit`` while a route reads the body, answered like any problem."""
+
     def __init__(self, limit: int) -> None:
-        super().__init__(f"request body larger than {limit} bytes")
-        self.limit = limit
-
-
-def too_large(limit: int) -> ProblemError:
-    return ProblemError(
-        413, "body-too-large", "The request body is too large",
-        f"the request body is larger than this route's limit of {limit} bytes",
-    )
+        super().__init__(
+            413, "body-too-large", "The request body is too large",
+            f"the request body is larger than this route's limit of {limit} bytes",
+        )
 
 
 class BodyLimit:
@@ -64,7 +61,7 @@ class BodyLimit:
         limit = self.limit_for(scope["path"])
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            await problem_response(Request(scope), too_large(limit))(scope, receive, send)
+            await problem_response(Request(scope), BodyTooLarge(limit))(scope, receive, send)
             return
         seen = 0
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from http import HTTPStatus
 from collections.abc import Sequence
 from typing import Any
 
@@ -236,5 +237,9 @@ class CatchAll:
 
 
 def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses=`` entries: each status documented as a Problem."""
-    return {status: {"model": Problem, "content": {PROBLEM_JSON: {}}} for status in statuses}
+    """OpenAPI ``responses=`` entries: each status documented as a Problem (``application/problem+json``)."""
+    schema = {"$ref": "#/components/schemas/Problem"}
+    return {
+        status: {"description": HTTPStatus(status).phrase, "content": {PROBLEM_JSON: {"schema": schema}}}
+        for status in statuses
+    }

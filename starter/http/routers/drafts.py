@@ -23,7 +23,7 @@ from dropzone.ledger import ExportRecord, ExportStatus, Ledger
 from starter import api
 from starter.http.body import json_body, push_body, require_json, small_json
 from starter.http.deps import ClientDep, CurrentToken, LedgerDep, SettingsDep, StoreDep
-from starter.http.problems import ProblemError, from_dropzone_error, responses
+from starter.http.problems import Problem, ProblemError, from_dropzone_error, responses
 from starter.http.schemas import (
     DraftExports,
     ExportAttempt,
@@ -227,4 +227,5 @@ def draft_exports(draft_order_id: DraftId, token: CurrentToken, ledger: LedgerDe
     )
 
 
-DOCUMENTED_MODELS = (PushRequest, RetryPushRequest)
+# Bodies the routes read themselves, and the problem body: the app adds them to the document.
+DOCUMENTED_MODELS = (PushRequest, RetryPushRequest, Problem)
