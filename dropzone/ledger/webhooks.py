@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from dropzone.ledger.models import ErpWebhookEvent, WebhookEventRecord, WebhookEventStatus
@@ -72,7 +72,7 @@ class WebhookEvents:
     def give_up(
         self, *, org_id: UUID, erp_connection_id: UUID, event: WebhookEvent, reason: str
     ) -> WebhookEventRecord:
-        """PENDING (or never tried) → GAVE_UP, keeping the number of tries."""
+        """PENDING (or never tried) → GAVE_UP, keeping the number of tries and the last error."""
         now = datetime.now(UTC)
         insert = pg_insert(ErpWebhookEvent).values(
             **self._identity(org_id, erp_connection_id, event),
@@ -84,7 +84,12 @@ class WebhookEvents:
         )
         upsert = insert.on_conflict_do_update(
             index_elements=[ErpWebhookEvent.event_id],
-            set_={"status": WebhookEventStatus.GAVE_UP.value, "last_error": _clip(reason), "updated_at": now},
+            # The receiver's last answer says more than "the window ran out": keep it.
+            set_={
+                "status": WebhookEventStatus.GAVE_UP.value,
+                "last_error": func.coalesce(ErpWebhookEvent.last_error, _clip(reason)),
+                "updated_at": now,
+            },
             where=ErpWebhookEvent.status == WebhookEventStatus.PENDING.value,
         ).returning(ErpWebhookEvent)
         return self._upsert(upsert, event.event_id)

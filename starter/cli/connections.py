@@ -133,6 +133,16 @@ def _apply_secret_files(
         raw["ssh_key_passphrase"] = _strip_line_end(_read_secret_file(passphrase_file, "ssh key passphrase file"))
 
 
+def _apply_webhook(raw: dict[str, Any], url: str | None, secret_file: str | None, *stdin_users: str | None) -> None:
+    """Status callbacks: ``--webhook-url`` and the ``whsec_…`` secret from ``--webhook-secret-file``."""
+    if secret_file == STDIN and STDIN in stdin_users:
+        raise InvalidConfigError("only one secret or config option can read standard input ('-')")
+    if url is not None:
+        raw["webhook_url"] = url
+    if secret_file is not None:
+        raw["webhook_secret"] = _read_secret_file(secret_file, "webhook secret file").strip()
+
+
 # --- commands ---------------------------------------------------------------------
 
 
@@ -163,6 +173,12 @@ def connections_add(
     ssh_key_passphrase_file: str | None = typer.Option(
         None, "--ssh-key-passphrase-file", help="File holding the key's passphrase (mode 0600); '-' reads stdin."
     ),
+    webhook_url: str | None = typer.Option(
+        None, "--webhook-url", help="Status callbacks: POST every transition of an export here (README)."
+    ),
+    webhook_secret_file: str | None = typer.Option(
+        None, "--webhook-secret-file", help="File holding the whsec_… secret that signs them (mode 0600); '-' reads stdin."
+    ),
     connector_type: str = typer.Option(DROPZONE_JSON_V1, "--type"),
     json_output: bool = typer.Option(False, "--json"),
 ) -> None:
@@ -185,6 +201,7 @@ def connections_add(
     else:
         raw = _flag_config(mode, flags)
     _apply_secret_files(raw, password_file, ssh_key_file, ssh_key_passphrase_file)
+    _apply_webhook(raw, webhook_url, webhook_secret_file, config_file, password_file, ssh_key_file, ssh_key_passphrase_file)
     config = default_registry().get(connector_type).parse_config(raw)
     _check_ssh_key(config, ssh_key_file if ssh_key_file not in (None, STDIN) else None)
     ledger = open_ledger(load_settings())
@@ -219,6 +236,12 @@ def connections_update(
     password_file: str | None = typer.Option(None, "--password-file", help="New SFTP password (file mode 0600)."),
     ssh_key_file: str | None = typer.Option(None, "--ssh-key-file", help="New private key file (mode 0600)."),
     ssh_key_passphrase_file: str | None = typer.Option(None, "--ssh-key-passphrase-file"),
+    webhook_url: str | None = typer.Option(
+        None, "--webhook-url", help="Status callbacks: POST every transition of an export here (README)."
+    ),
+    webhook_secret_file: str | None = typer.Option(
+        None, "--webhook-secret-file", help="File holding the whsec_… secret that signs them (mode 0600); '-' reads stdin."
+    ),
     json_output: bool = typer.Option(False, "--json"),
 ) -> None:
     """Change a connection's config (e.g. rotated ERP credentials); validated, then stored encrypted."""
@@ -233,6 +256,9 @@ def connections_update(
         flags = {"export_path": export_path, "ack_path": ack_path, "poll_interval_seconds": poll_interval}
         raw.update({k: v for k, v in flags.items() if v is not None})
         _apply_secret_files(raw, password_file, ssh_key_file, ssh_key_passphrase_file)
+        _apply_webhook(
+            raw, webhook_url, webhook_secret_file, config_file, password_file, ssh_key_file, ssh_key_passphrase_file
+        )
         config = default_registry().get(record.connector_type).parse_config(raw)
         _check_ssh_key(config, ssh_key_file if ssh_key_file not in (None, STDIN) else None)
         ledger.update_connection_config(cid, config_to_storable(config))

@@ -19,6 +19,7 @@ import typer
 from dropzone.errors import InvalidConfigError, InvalidDraftError
 from dropzone.export_v1 import validate_draft
 from dropzone.ledger import ExportRecord, ExportStatus, Ledger
+from dropzone.ledger.webhooks import WebhookEvents
 from dropzone.settings import Settings, load_settings
 from starter.cli.common import (
     EXIT_FAILED,
@@ -291,13 +292,17 @@ def status_cmd(
     ledger = open_ledger(settings)
     try:
         rows = ledger.list_exports(draft_order_id=did, limit=1000)
+        callbacks = WebhookEvents(ledger).for_draft(did)
     finally:
         ledger.dispose()
     if not rows:
         raise fail(f"no export recorded for draft {did}")
     rows = sorted(rows, key=lambda r: r.attempt)
     if json_output:
-        print_json({"draft_order_id": str(did), "org_id": str(rows[0].org_id), "attempts": [_export_row(r, settings) for r in rows]})
+        print_json({
+            "draft_order_id": str(did), "org_id": str(rows[0].org_id), "attempts": [_export_row(r, settings) for r in rows],
+            "webhook_events": [e.model_dump(mode="json") for e in callbacks],
+        })
         return
     lines = [
         [
@@ -314,6 +319,16 @@ def status_cmd(
         title=f"draft {did} (org {rows[0].org_id}; times UTC)",
         markup=False,
     )
+    if callbacks:  # only for connections with a webhook: other output stays as it was
+        out.print("")
+        print_table(
+            ["attempt", "event", "delivery", "tries", "http", "last_error", "occurred", "delivered", "event_id"],
+            [[str(e.attempt), e.event_type, str(e.status), str(e.delivery_attempts), str(e.response_status or ""),
+              e.last_error or "", format_time(e.occurred_at), format_time(e.delivered_at), str(e.event_id)]
+             for e in callbacks],
+            title="status callbacks (webhook)",
+            markup=False,
+        )
 
 
 @app.command("list")
