@@ -183,9 +183,11 @@ def describe_failure(settings: Settings, options: ConnectOptions, error: BaseExc
     for needle, reason, advice in _RULES:
         if needle in text:
             return f"{where}: {reason} — {advice(options)}"
-    if "after connection" in text and "transport error" not in text:  # answered, but not as Temporal would
+    # The TCP (and TLS) connection came up, then the server hung up (the wording varies with timing).
+    hung_up = any(marker in text for marker in ("transport error", "connection closed"))
+    if "after connection" in text and not hung_up:  # it answered, but not as Temporal would
         return f"{where}: the server there does not answer as Temporal does — {_ADDRESS}"
-    if "after connection" in text:  # the TCP (and TLS) connection came up, then the server hung up
+    if hung_up:
         if not options.uses_tls:
             return f"{where}: the server closed the connection — it may require TLS: set {TLS}=true or {CA_FILE}"
         maybe = "" if options.client_cert else "it may require a client certificate: "

@@ -174,7 +174,7 @@ async def test_mtls_proxy_refuses_other_clients_in_one_line(mtls_proxy, pki, dro
     result = await dropzone_cli_in_process("retry", str(uuid.uuid4()), "--dry-run", env=env)
     line = one_error_line(result, "cannot reach Temporal at", "DROPZONE_TEMPORAL_TLS_CERT_FILE")
     assert ("may require a client certificate" in line) == (client == "none"), line
-    reasons = mtls_proxy.refused[refused_before:]
+    reasons = await mtls_proxy.refusals_after(refused_before)
     assert reasons, "the proxy never refused a handshake"
     expected = "PEER_DID_NOT_RETURN_A_CERTIFICATE" if client == "none" else "CERTIFICATE_VERIFY_FAILED"
     assert expected in reasons, reasons
