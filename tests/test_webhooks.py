@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import threading
 import time
@@ -192,6 +193,8 @@ async def test_signed_events_arrive_in_order_and_verify(
     # The secret never enters the history; the run replays.
     assert secret.encode() not in history.to_json().encode()
     await Replayer(workflows=[ExportOrderWorkflow], data_converter=TEST_DATA_CONVERTER).replay_workflow(history)
+    if os.environ.get("DROPZONE_RECORD_HISTORIES") == "1":  # replayed by tests/test_replay.py from then on
+        (HISTORIES / "webhooks_failed_then_retried_by_update.json").write_text(history.to_json(), encoding="utf-8")
 
 
 async def test_a_receiver_that_is_down_gets_the_events_once_back(
