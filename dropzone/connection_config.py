@@ -32,6 +32,7 @@ from pydantic import (
     model_validator,
 )
 
+from dropzone import ssh_algorithms
 from dropzone.errors import InvalidConfigError
 from dropzone.webhooks import secret_bytes, validate_webhook_url
 
@@ -174,6 +175,8 @@ class SftpConfig(_Base):
     host_key: str | None = None
     connect_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
     operation_timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
+    # Only current SSH algorithms are offered; an old server's one legacy need is named here.
+    legacy_algorithms: tuple[str, ...] = ()
 
     @field_validator("host")
     @classmethod
@@ -188,6 +191,11 @@ class SftpConfig(_Base):
         if not _USER_RE.match(value) or value != value.strip():
             raise ValueError("must not contain control characters or surrounding spaces")
         return value
+
+    @field_validator("legacy_algorithms")
+    @classmethod
+    def _legacy_algorithms(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return ssh_algorithms.check_legacy(value)
 
     @field_validator("host_key")
     @classmethod
@@ -262,6 +270,7 @@ _MESSAGES: dict[str, str] = {
     "model_type": "must be an object",
     "model_attributes_type": "must be an object",
     "dict_type": "must be an object",
+    "tuple_type": "must be a list",
     "finite_number": "must be a finite number",
 }
 

@@ -23,6 +23,10 @@ Why it looks the way it does (see NOTES.md):
   the SSH window, ``_SendBoundSocket`` bounds a TCP send the peer never
   drains, and a connection that failed once fails every later request at
   once instead of waiting out the timeout again.
+* Only current SSH algorithms are offered (``dropzone.ssh_algorithms``); a
+  connection may re-enable a named legacy one (``legacy_algorithms``). A server
+  that shares none fails with ``SSH_ALGORITHM_MISMATCH`` saying what it offered
+  (``_Transport`` keeps its KEXINIT), not with a retried "SSH error".
 * Every library exception goes through ``_translate`` — the only place.
 """
 
@@ -74,7 +78,7 @@ from paramiko.sftp import (
     int64,
 )
 
-from dropzone import errors
+from dropzone import errors, ssh_algorithms
 from dropzone.connection_config import SftpConfig
 from dropzone.transports.base import (
     DirEntry,
@@ -112,21 +116,13 @@ CHANNEL_WINDOW = 8 * 1024 * 1024
 CHANNEL_MAX_PACKET = 32 * 1024
 KEEPALIVE_SECONDS = 30
 
-_PREFERRED_CIPHERS = (
-    "aes128-gcm@openssh.com",  # +20-45 % over aes128-ctr (NOTES.md)
-    "aes256-gcm@openssh.com",
-    "aes128-ctr",
-    "aes192-ctr",
-    "aes256-ctr",
-)
-
 # Host key algorithm families, for fingerprint pins whose key type we do not know.
 _KEY_FAMILIES: dict[str, tuple[str, ...]] = {
     "ssh-ed25519": ("ssh-ed25519",),
     "ecdsa-sha2-nistp256": ("ecdsa-sha2-nistp256",),
     "ecdsa-sha2-nistp384": ("ecdsa-sha2-nistp384",),
     "ecdsa-sha2-nistp521": ("ecdsa-sha2-nistp521",),
-    "ssh-rsa": ("rsa-sha2-512", "rsa-sha2-256", "ssh-rsa"),
+    "ssh-rsa": ("rsa-sha2-512", "rsa-sha2-256"),  # an RSA key, with SHA-2 signatures only
 }
 _family_cache: dict[tuple[str, int, str], tuple[str, ...]] = {}
 
@@ -402,6 +398,8 @@ def _translate(exc: BaseException, url: str, action: str) -> errors.DropzoneErro
         return errors.DropzoneUnavailableError(f"{url}: cannot resolve host name")
     if isinstance(exc, (EOFError, ConnectionError)):
         return errors.DropzoneUnavailableError(f"{url}: connection lost during {action}")
+    if isinstance(exc, _NoCommonAlgorithm):
+        return _mismatch_error(exc, url)
     if isinstance(exc, paramiko.SSHException):
         # Negotiation failures, "Server connection dropped", channel closed …
         return errors.DropzoneUnavailableError(f"{url}: SSH error during {action}: {_safe_text(exc)}")
@@ -459,6 +457,79 @@ class _SendBoundSocket:
         return getattr(self._sock, name)
 
 
+class _NoCommonAlgorithm(IncompatiblePeer):
+    """Key exchange found no algorithm of one kind that both sides allow."""
+
+    def __init__(self, what: str, offered: list[str], allowed: tuple[str, ...]) -> None:
+        super().__init__(f"no common {what}")
+        self.what = what
+        self.offered = [_safe_name(n) for n in offered[:20] if n]
+        self.allowed = allowed
+
+
+def _safe_name(name: str) -> str:
+    # The server's words: printable ASCII only, bounded.
+    return "".join(c for c in name if c.isascii() and c.isprintable())[:64] or "?"
+
+
+class _Transport(paramiko.Transport):
+    """paramiko's Transport, which also says what the server offered when nothing matched."""
+
+    def _parse_kex_init(self, m: Message) -> None:
+        offer = self._really_parse_kex_init(Message(m.asbytes()))
+        try:
+            super()._parse_kex_init(m)
+        except IncompatiblePeer:
+            raise _mismatch(self, offer) from None
+
+
+def _mismatch(t: paramiko.Transport, offer: dict[str, Any]) -> IncompatiblePeer:
+    """The first kind of algorithm with nothing in common, like paramiko checks them."""
+    pseudo = ("ext-info-", "kex-strict-")  # markers in the kex list, not algorithms
+    kex = [k for k in offer["kex_algo_list"] if not k.startswith(pseudo)]
+    kinds = (
+        ("key exchange algorithm", kex, t.preferred_kex),
+        ("host key algorithm", offer["server_key_algo_list"], t.preferred_keys),
+        ("cipher", offer["server_encrypt_algo_list"] + offer["client_encrypt_algo_list"], t.preferred_ciphers),
+        ("MAC", offer["server_mac_algo_list"] + offer["client_mac_algo_list"], t.preferred_macs),
+    )
+    for what, offered, ours in kinds:
+        if not set(offered) & set(ours):
+            return _NoCommonAlgorithm(what, list(dict.fromkeys(offered)), tuple(a for a in ours if "-cert-" not in a))
+    return IncompatiblePeer("no common algorithm")
+
+
+def _mismatch_error(exc: _NoCommonAlgorithm, url: str) -> errors.SshAlgorithmError:
+    legacy = [n for n in exc.offered if n in ssh_algorithms.LEGACY]
+    removed = [n for n in exc.offered if n in ssh_algorithms.UNAVAILABLE]
+    if legacy:
+        hint = (
+            f"; if the server cannot be upgraded, allow one of them explicitly with the connection's "
+            f'legacy_algorithms (e.g. ["{legacy[0]}"])'
+        )
+    elif removed:
+        hint = f"; {removed[0]} cannot be enabled: {ssh_algorithms.UNAVAILABLE[removed[0]]}"
+    else:
+        hint = ""
+    return errors.SshAlgorithmError(
+        f"{url}: the server offers no {exc.what} this connection allows: it offers "
+        f"{', '.join(exc.offered) or 'none'}; allowed: {', '.join(exc.allowed) or 'none'}{hint}"
+    )
+
+
+def _offer(transport: paramiko.Transport, key_types: tuple[str, ...] | None, legacy: tuple[str, ...]) -> None:
+    """Offer only current algorithms plus the legacy ones named (``dropzone.ssh_algorithms``)."""
+    allowed = ssh_algorithms.allowed(legacy)
+    opts = transport.get_security_options()
+    opts.kex = tuple(k for k in allowed["kex"] if k in transport._kex_info)
+    opts.ciphers = tuple(c for c in allowed["ciphers"] if c in transport._cipher_info)
+    opts.digests = tuple(m for m in allowed["macs"] if m in transport._mac_info)
+    keys = tuple(k for k in allowed["keys"] if k in transport._key_info)
+    opts.key_types = tuple(k for k in key_types if k in keys) if key_types else keys
+    # Signature algorithms for our own key (public key authentication): the same.
+    transport._preferred_pubkeys = keys
+
+
 def _open_socket(host: str, port: int, timeout: float) -> socket.socket:
     sock = socket.create_connection((host, port), timeout=timeout)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -472,11 +543,12 @@ def _negotiate(
     key_types: tuple[str, ...] | None,
     *,
     send_stall_seconds: float | None = None,
+    legacy: tuple[str, ...] = (),
 ) -> paramiko.Transport:
     """TCP connect + SSH key exchange, no authentication."""
     sock = _open_socket(host, port, timeout)
     try:
-        transport = paramiko.Transport(
+        transport = _Transport(
             _SendBoundSocket(sock, send_stall_seconds or timeout),  # type: ignore[arg-type]
             default_window_size=CHANNEL_WINDOW,
             default_max_packet_size=CHANNEL_MAX_PACKET,
@@ -487,13 +559,7 @@ def _negotiate(
     try:
         transport.banner_timeout = timeout
         transport.handshake_timeout = timeout
-        opts = transport.get_security_options()
-        available = set(transport._cipher_info)
-        opts.ciphers = tuple(c for c in _PREFERRED_CIPHERS if c in available) + tuple(
-            c for c in opts.ciphers if c not in _PREFERRED_CIPHERS
-        )
-        if key_types:
-            opts.key_types = tuple(k for k in key_types if k in transport._key_info)
+        _offer(transport, key_types, legacy)
         transport.start_client(timeout=timeout)
         if not transport.is_active() or transport.host_key is None:
             raise TimeoutError("SSH negotiation did not finish")
@@ -507,6 +573,7 @@ def _negotiate_verified(config: SftpConfig, url: str) -> tuple[paramiko.Transpor
     """Connect and check the host key against the pin, before any authentication."""
     pin = config.host_key
     seen: list[str] = []
+    unmatched: IncompatiblePeer | None = None  # kept from the widest offer, for the message
     candidates = _key_type_candidates(config.host, config.port, pin)
     for i, key_types in enumerate(candidates):
         last = i == len(candidates) - 1
@@ -517,14 +584,19 @@ def _negotiate_verified(config: SftpConfig, url: str) -> tuple[paramiko.Transpor
                 config.connect_timeout_seconds,
                 key_types,
                 send_stall_seconds=config.operation_timeout_seconds,
+                legacy=config.legacy_algorithms,
             )
-        except IncompatiblePeer:
+        except IncompatiblePeer as exc:
+            if isinstance(exc, _NoCommonAlgorithm) and exc.what != "host key algorithm":
+                raise  # no other host key family can help
+            if unmatched is None or key_types is None:
+                unmatched = exc
             # The server has no host key of this family (e.g. the pinned one is gone).
             if not last:
                 continue
             if seen:
                 break
-            raise
+            raise unmatched from None
         key = transport.get_remote_server_key()
         fingerprint = host_key_fingerprint(key)
         if pin is None:
@@ -642,14 +714,16 @@ def _connect(config: SftpConfig) -> _Session:
         raise _translate(exc, url, action) from exc
 
 
-def fetch_host_key(host: str, port: int = 22, timeout: float = 10.0) -> tuple[str, str, str]:
+def fetch_host_key(
+    host: str, port: int = 22, timeout: float = 10.0, *, legacy_algorithms: tuple[str, ...] = ()
+) -> tuple[str, str, str]:
     """(key type, ``SHA256:`` fingerprint, public key line) of the server, without authenticating.
 
     For ``connections test --trust``: show the operator what they are about to pin.
     """
     url = _url(host, port, None)
     try:
-        transport = _negotiate(host, port, timeout, None)
+        transport = _negotiate(host, port, timeout, None, legacy=legacy_algorithms)
     except errors.DropzoneError:
         raise
     except Exception as exc:
@@ -1056,6 +1130,7 @@ def _pool_key(config: SftpConfig) -> tuple[Any, ...]:
         config.host_key,
         config.connect_timeout_seconds,
         config.operation_timeout_seconds,
+        config.legacy_algorithms,
         h.hexdigest(),
     )
 
