@@ -18,7 +18,7 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
 from dropzone.errors import ExportNotFoundError, InvalidDraftError, TemporalUnavailableError
-from dropzone.export_v1 import DraftOrder, validate_draft
+from dropzone.export_v1 import DraftOrder
 from dropzone.ledger import ExportRecord, ExportStatus, Ledger
 from starter import api
 from starter.http.body import json_body, push_body, require_json, small_json
@@ -100,27 +100,34 @@ async def push(
 ) -> PushAccepted:
     async with push_body(request) as body:
         connection_id = _connection_id(body.erp_connection_id)
-        # Until start_export takes a stream, a large draft is read back from its file.
-        data = body.draft if body.draft is not None else body.draft_file.read()  # type: ignore[union-attr]
-        draft = await _validated(data)
-        if draft.draft_order_id != draft_order_id:
-            raise _invalid("draft.draft_order_id", f"must equal the path's draft order id {draft_order_id}")
         connections = await run_in_threadpool(ledger.list_connections, token.org_id)
         connection = next((c for c in connections if c.id == connection_id), None)
         if connection is None:
             raise ProblemError(404, "not-found", "Not found", f"no connection {connection_id} in this organisation")
-        if draft.org_id != connection.org_id:
-            raise _invalid(
-                "draft.org_id", f"must be the connection's organisation (connection {connection_id} belongs to org "
-                f"{connection.org_id}, the draft to org {draft.org_id})"
+        loop = asyncio.get_running_loop()
+
+        def check(draft: DraftOrder) -> None:
+            """Runs in start_export's thread once the draft is valid, before anything is stored."""
+            if draft.draft_order_id != draft_order_id:
+                raise _invalid("draft.draft_order_id", f"must equal the path's draft order id {draft_order_id}")
+            if draft.org_id != connection.org_id:
+                raise _invalid(
+                    "draft.org_id", f"must be the connection's organisation (connection {connection_id} belongs "
+                    f"to org {connection.org_id}, the draft to org {draft.org_id})"
+                )
+            existing = asyncio.run_coroutine_threadsafe(_find_run(client, ledger, draft_order_id), loop).result()
+            if existing is not None and existing.org_id is not None and existing.org_id != token.org_id:
+                raise _not_found(draft_order_id)  # the id is another organisation's
+
+        try:
+            started = await api.start_export(
+                client, erp_connection_id=connection_id, store=store, force=body.force,
+                draft=body.draft if body.draft is not None else body.draft_file,  # type: ignore[arg-type]
+                task_queue=settings.task_queue, inline_limit_bytes=settings.inline_draft_limit_bytes,
+                check_draft=check,
             )
-        existing = await _find_run(client, ledger, draft_order_id)
-        if existing is not None and existing.org_id is not None and existing.org_id != token.org_id:
-            raise _not_found(draft_order_id)  # the id is another organisation's
-        started = await api.start_export(
-            client, erp_connection_id=connection_id, draft=data, store=store, force=body.force,
-            task_queue=settings.task_queue, inline_limit_bytes=settings.inline_draft_limit_bytes,
-        )
+        except InvalidDraftError as exc:
+            raise from_dropzone_error(exc, within="draft") from None
     if started.run_id is None:  # a closed run exists and the push did not say force
         raise ProblemError(
             409, "run-closed", "The export has finished",
@@ -159,15 +166,6 @@ def _connection_id(value: str) -> UUID:
 def _invalid(field: str, message: str) -> ProblemError:
     return ProblemError(422, "invalid-request", "The request is not valid", f"{field}: {message}",
                         field_errors=[(field, message)])
-
-
-async def _validated(data: bytes) -> DraftOrder:
-    """The draft validator of the CLI and the worker; its problems are named under ``draft``."""
-    try:
-        # Off the event loop: a large draft takes a while to validate.
-        return await asyncio.to_thread(validate_draft, data) if len(data) > 256 * 1024 else validate_draft(data)
-    except InvalidDraftError as exc:
-        raise from_dropzone_error(exc, within="draft") from None
 
 
 @router.post(
