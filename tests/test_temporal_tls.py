@@ -203,6 +203,8 @@ async def test_api_key_is_sent_as_a_bearer_token_and_a_refusal_is_one_line(pki, 
     method, metadata = server.calls[0]
     assert method == "/temporal.api.workflowservice.v1.WorkflowService/GetSystemInfo"
     assert metadata["authorization"] == f"Bearer {key}"
+    # Temporal Cloud refuses a GetSystemInfo carrying temporal-namespace (the SDK adds it to namespaced calls).
+    assert "temporal-namespace" not in metadata
 
 
 # --- files the settings name: checked before any connection --------------------------------
