@@ -147,9 +147,11 @@ async def test_the_worker_stops_in_one_line(tls_proxy, pki, dropzone_env, settin
         ({"DROPZONE_TEMPORAL_TLS_SERVER_NAME": "temporal.example.com"},
          ["not valid for this host name", "check DROPZONE_TEMPORAL_TLS_SERVER_NAME"]),
         ({"DROPZONE_TEMPORAL_TLS_CA_FILE": ""}, ["it may require TLS", "DROPZONE_TEMPORAL_TLS=true"]),
+        ({"DROPZONE_TEMPORAL_TLS_CA_FILE": "", "DROPZONE_TEMPORAL_TLS": "true"},  # the system's CAs only
+         ["not signed by a trusted CA", "check DROPZONE_TEMPORAL_TLS_CA_FILE"]),
         ({"DROPZONE_TEMPORAL_ADDRESS": None}, ["the server does not speak TLS", "DROPZONE_TEMPORAL_TLS"]),
     ],
-    ids=["wrong-server-name", "plaintext-to-tls", "tls-to-plaintext"],
+    ids=["wrong-server-name", "plaintext-to-tls", "system-cas-only", "tls-to-plaintext"],
 )
 async def test_tls_mismatches_name_the_setting(
     tls_proxy, pki, dropzone_env, dropzone_cli_in_process, settings, needles
@@ -266,3 +268,16 @@ async def test_the_cli_names_an_unreadable_key_file_in_one_line(pki, dropzone_cl
     result = await dropzone_cli_in_process("retry", str(uuid.uuid4()), "--dry-run", env=env)
     one_error_line(result, "cannot read DROPZONE_TEMPORAL_TLS_KEY_FILE", str(tmp_path / "gone.key"))
 
+
+
+def test_the_embedded_stack_ignores_tls_settings_meant_for_another_temporal(pki, monkeypatch):
+    from starter.demo import settings_for
+
+    class Stack:  # what settings_for reads of a DevStack
+        def environment(self) -> dict[str, str]:
+            return {"DROPZONE_TEMPORAL_ADDRESS": "127.0.0.1:7233"}
+
+    monkeypatch.setenv("DROPZONE_TEMPORAL_TLS_CA_FILE", str(pki.ca))
+    monkeypatch.setenv("DROPZONE_TEMPORAL_API_KEY", "meant-for-temporal-cloud")
+    assert connect_options(Settings()).api_key == "meant-for-temporal-cloud"
+    assert connect_options(settings_for(Stack())).tls is False  # type: ignore[arg-type]
