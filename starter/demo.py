@@ -10,6 +10,7 @@ acknowledged.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import json
 import math
@@ -36,11 +37,14 @@ from dropzone.connectors import DROPZONE_JSON_V1
 from dropzone.contracts import ExportState
 from dropzone.errors import TemporalUnavailableError
 from dropzone.ledger import Ledger
+from dropzone.ledger.tokens import ApiTokens
 from dropzone.settings import DEFAULT_ENV_FILE, Settings
 from dropzone.temporal_connection import CONNECTION_VARIABLES
 from starter.api import export_status, retry_export, start_export
 from starter.devstack import DevStack, codec_url
 from starter.erp_sim import Answer, ErpRules, FilesystemErpSimulator
+from starter.http import serving
+from starter.http.app import port_is_free
 
 DEMO_ORG_ID = UUID("7c9e6679-7425-40de-944b-e07fc1f90ae7")
 REJECTED_CUSTOMER = "9999"
@@ -48,6 +52,7 @@ SAMPLE_DRAFT = Path(__file__).with_name("sample_draft.json")
 POLL_SECONDS = 0.3
 BATCH_DEADLINE_SECONDS = 120.0
 STARTUP_DEADLINE_SECONDS = 60.0
+DEV_TOKEN_NAME = "dropzone dev"
 RESULT_COLUMNS = ["draft", "file", "status", "ERP order id", "attempts", "seconds"]
 
 
@@ -250,11 +255,14 @@ async def run_demo(stack: DevStack, *, count: int, exit_when_done: bool, console
     settings = settings_for(stack, log_level="WARNING")
     adapters = build_adapters(settings)
     connection = ensure_demo_connection(adapters.ledger, stack.data_dir)
+    token = dev_api_token(adapters.ledger)
     rules = ErpRules(reject_customers={REJECTED_CUSTOMER})
     simulator = FilesystemErpSimulator(connection.export_dir, connection.ack_dir, rules).start()
     stop = asyncio.Event()  # set by the worker on SIGINT/SIGTERM, or by us when done
     worker_task = asyncio.create_task(run_worker(settings, stop=stop))
+    api = contextlib.AsyncExitStack()
     try:
+        api_url = await api.enter_async_context(serving(settings, port=dev_api_port(settings)))
         client = await connect_client(settings)
         if await wait_until_polling(client, settings, worker_task):
             console.print(polling_line(settings), highlight=False)
@@ -276,6 +284,7 @@ async def run_demo(stack: DevStack, *, count: int, exit_when_done: bool, console
         console.print(f"Temporal UI: {link}", highlight=False)
         console.print(f"Payloads are encrypted; the UI decrypts them through the codec server at "
                       f"{codec_url(stack.ports)}.", highlight=False)
+        print_api(console, api_url, token)
         if not exit_when_done:
             console.print("The stack stays up for the Temporal UI; press Ctrl-C to stop.", highlight=False)
             await worker_task  # ends on Ctrl-C
@@ -283,6 +292,7 @@ async def run_demo(stack: DevStack, *, count: int, exit_when_done: bool, console
     finally:
         stop.set()
         await worker_task
+        await api.aclose()
         simulator.stop()
         adapters.close()
 
@@ -290,6 +300,25 @@ async def run_demo(stack: DevStack, *, count: int, exit_when_done: bool, console
 # ---------------------------------------------------------------------------
 # dropzone dev
 # ---------------------------------------------------------------------------
+
+
+def dev_api_token(ledger: Ledger) -> str:
+    """A new API token for the demo organisation; the one of the previous start is revoked
+    (only its hash was kept, so it could not be shown again anyway)."""
+    tokens = ApiTokens(ledger.engine)
+    tokens.revoke_named(DEMO_ORG_ID, DEV_TOKEN_NAME)
+    return tokens.create(DEMO_ORG_ID, DEV_TOKEN_NAME)[0]
+
+
+def dev_api_port(settings: Settings) -> int:
+    """DROPZONE_API_PORT (8000) when it is free, else any free port: the URL is printed."""
+    return settings.api_port if port_is_free(settings.api_host, settings.api_port) else 0
+
+
+def print_api(console: Console, url: str, token: str) -> None:
+    console.print(f"HTTP API:       {url} (docs: {url}/docs)", highlight=False)
+    console.print(f"API token:      {token} (org {DEMO_ORG_ID}; 'HTTP API' in the README shows curl)",
+                  highlight=False, markup=False)
 
 
 def next_command(stack: DevStack, connection: DemoConnection) -> str:
@@ -307,6 +336,7 @@ async def run_dev(stack: DevStack, console: Console, *, erp_simulator: bool = Tr
     adapters = build_adapters(settings)
     try:
         connection = ensure_demo_connection(adapters.ledger, stack.data_dir)
+        token = dev_api_token(adapters.ledger)
     finally:
         adapters.close()
     simulator = None
@@ -329,12 +359,14 @@ async def run_dev(stack: DevStack, console: Console, *, erp_simulator: bool = Tr
     stop = asyncio.Event()  # set by the worker itself on SIGINT/SIGTERM
     worker_task = asyncio.create_task(run_worker(settings, stop=stop))
     try:
-        client = await connect_client(settings)
-        if await wait_until_polling(client, settings, worker_task):
-            console.print(polling_line(settings), highlight=False)
-            console.print(f"next, in another terminal:\n  {next_command(stack, connection)}", highlight=False)
-            console.print("Ctrl-C stops everything.", highlight=False)
-        await worker_task  # returns after a graceful shutdown
+        async with serving(settings, port=dev_api_port(settings)) as api_url:
+            print_api(console, api_url, token)
+            client = await connect_client(settings)
+            if await wait_until_polling(client, settings, worker_task):
+                console.print(polling_line(settings), highlight=False)
+                console.print(f"next, in another terminal:\n  {next_command(stack, connection)}", highlight=False)
+                console.print("Ctrl-C stops everything.", highlight=False)
+            await worker_task  # returns after a graceful shutdown
     finally:
         stop.set()
         await worker_task

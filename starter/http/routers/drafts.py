@@ -8,6 +8,7 @@ nothing about other tenants.
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 from typing import Annotated, Any
 from uuid import UUID
@@ -36,6 +37,9 @@ from workflows.policies import SA_ORG_ID, workflow_id_for
 
 router = APIRouter(prefix="/draft-orders", tags=["draft orders"])
 
+# How long a just-started run may take to name its organisation (search attribute OrgId).
+ORG_KNOWN_WITHIN_SECONDS = 10.0
+
 DraftId = Annotated[UUID, Path(description="The draft order's id (`draft_order_id` in the draft).")]
 
 
@@ -61,17 +65,23 @@ async def _find_run(client: Client, ledger: Ledger, draft_order_id: UUID) -> _Ru
     ``OrgId`` search attribute also knows a run that failed before one.
     """
     latest = await run_in_threadpool(ledger.latest_export, draft_order_id)
-    try:
-        description = await client.get_workflow_handle(workflow_id_for(draft_order_id)).describe()
-    except RPCError as exc:
-        if exc.status == RPCStatusCode.NOT_FOUND:
-            return _Run(latest.org_id, False, latest) if latest is not None else None
-        raise TemporalUnavailableError(f"Temporal refused the request: {exc.message}") from None
-    running = description.status == WorkflowExecutionStatus.RUNNING
-    if latest is not None:
-        return _Run(latest.org_id, running, latest)
-    org = description.typed_search_attributes.get(SA_ORG_ID)
-    return _Run(UUID(org) if org else None, running, None)
+    handle = client.get_workflow_handle(workflow_id_for(draft_order_id))
+    deadline = time.monotonic() + ORG_KNOWN_WITHIN_SECONDS
+    while True:
+        try:
+            description = await handle.describe()
+        except RPCError as exc:
+            if exc.status == RPCStatusCode.NOT_FOUND:
+                return _Run(latest.org_id, False, latest) if latest is not None else None
+            raise TemporalUnavailableError(f"Temporal refused the request: {exc.message}") from None
+        running = description.status == WorkflowExecutionStatus.RUNNING
+        if latest is not None:
+            return _Run(latest.org_id, running, latest)
+        org = description.typed_search_attributes.get(SA_ORG_ID)
+        # A run sets OrgId after its first activity: right after a push, wait for it.
+        if org or not running or time.monotonic() > deadline:
+            return _Run(UUID(org) if org else None, running, None)
+        await asyncio.sleep(0.1)
 
 
 @router.post(
