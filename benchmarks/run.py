@@ -25,6 +25,7 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
+from benchmarks.bench_codec import codec_rows
 from benchmarks.bench_e2e import E2EConfig, e2e_rows
 from benchmarks.bench_large import large_export_rows
 from benchmarks.bench_render import render_500_row, render_large_row
@@ -173,6 +174,7 @@ def run(plan: Plan, smoke: bool) -> str:
         rows += large_export_rows(s, plan.large_lines, plan.large_runs)
         e2e = asyncio.run(e2e_rows(s, plan.e2e))
         rows += e2e.rows
+        rows += asyncio.run(codec_rows(s, plan.e2e))
         scaling, cpu_ms = e2e.scaling, e2e.cpu_ms
     external = external_benchmarks(smoke)
     minutes = (time.monotonic() - t0) / 60

@@ -24,6 +24,7 @@ from dropzone.connectors import DROPZONE_JSON_V1
 from dropzone.crypto import ConfigCipher
 from dropzone.ledger import Ledger, migrate
 from dropzone.transports.object_storage import ObjectStore
+from starter.codec import generate_key as generate_payload_key
 from tests.fixtures.postgres import _EmbeddedPostgres, create_database
 from tests.fixtures.servers import (
     ClientKeys,
@@ -67,6 +68,7 @@ class Stack:
     # Root process id of each server, for CPU accounting (benchmarks/bench_e2e.py).
     server_pids: dict[str, int] = field(default_factory=dict)
     config_key: str = field(default_factory=ConfigCipher.generate_key)
+    payload_keys: str = field(default_factory=generate_payload_key)
 
     def close(self) -> None:
         self._stack.close()
@@ -161,6 +163,7 @@ class Stack:
             DROPZONE_S3_ACCESS_KEY=s3.access_key,
             DROPZONE_S3_SECRET_KEY=s3.secret_key,
             DROPZONE_CONFIG_KEYS=self.config_key,
+            DROPZONE_PAYLOAD_KEYS=self.payload_keys,
             DROPZONE_ENV_FILE=str(self.base / "no-such.env"),
             DROPZONE_LOG_LEVEL="WARNING",
             PYTHONPATH=str(Path(__file__).resolve().parents[1]),

@@ -22,6 +22,8 @@ EXPECTED_ROWS = [
     "Burst of 10 exports (500-line drafts), 1 worker",
     "One export alone: p50 latency, start → result",
     "Ack file → ACKED in the ledger, poll interval 1 s",
+    "Burst of 10 exports, payload encryption on vs off",
+    "One export alone, p50 start → result, payload encryption on vs off",
 ]
 
 
