@@ -346,8 +346,9 @@ async def run_dev(stack: DevStack, console: Console, *, erp_simulator: bool = Tr
             on_answer=lambda answer: _print_answer(console, answer),
         ).start()
     lines = [
-        f"Temporal UI:    {settings.temporal_ui_url} (decrypts payloads through the codec server)",
-        f"codec server:   {codec_url(stack.ports)} (temporal workflow show --codec-endpoint {codec_url(stack.ports)} ...)",
+        f"Temporal UI:    {settings.temporal_ui_url}",
+        f"codec server:   {codec_url(stack.ports)} (the UI decrypts payloads through it; so does "
+        f"temporal workflow show --codec-endpoint {codec_url(stack.ports)} ...)",
         f"data:           {stack.data_dir} ({'reused' if stack.reused_data else 'new'})",
         f"dropzone:       {connection.export_dir}",
         f"acks:           {connection.ack_dir}"
