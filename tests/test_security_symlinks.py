@@ -245,3 +245,18 @@ def test_delivery_never_writes_through_a_planted_link(ledger, target, secret):
             dz.deliver(filename, [body], size=len(body), sha256=hashlib.sha256(body).hexdigest(), token="r1xabc")
     assert watch.events() == 0, "the link's target was opened"
     assert (target.export_dir / filename).is_symlink()
+
+
+@pytest.mark.parametrize("folder", ["processed", "error"])
+def test_move_ack_refuses_a_folder_link_that_appeared_after_the_listing(target, outside, folder):
+    # The poll checks the folders before reading; the move checks again (on a directory
+    # descriptor for the filesystem), so a link planted in between is refused too.
+    name = "ack_sales_order_deadbeef_20250101_000000_cafebabe.json"
+    ack = put_ack(target, name, b"{}")
+    with open_dropzone(parse_connection_config(target.config)) as dz:
+        (found,) = dz.list_acks("sales_order_deadbeef_20250101_000000_cafebabe.json")
+        (target.ack_dir / folder).symlink_to(outside, target_is_directory=True)
+        with pytest.raises(UnsafePathError, match="symbolic link") as refused:
+            dz.move_ack(found.name, folder)
+    assert refused.value.path == f"{target.config['ack_path']}/{folder}"
+    assert ack.read_bytes() == b"{}" and list(outside.iterdir()) == []

@@ -99,13 +99,13 @@ class FilesystemDropzone(FileDropzoneBase):
         root, parts = self._root_of(directory)
         fd = os.open(root, _DIR_FLAGS)
         try:
-            for part in parts:
+            for depth, part in enumerate(parts, 1):
                 try:
                     child = os.open(part, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
-                except NotADirectoryError:
+                except NotADirectoryError:  # what O_DIRECTORY | O_NOFOLLOW says about a link
                     st = os.stat(part, dir_fd=fd, follow_symlinks=False)
                     if stat_mod.S_ISLNK(st.st_mode):
-                        raise self._link_refused(os.path.join(root, *parts[: parts.index(part) + 1])) from None
+                        raise self._link_refused(os.path.join(root, *parts[:depth])) from None
                     raise
                 os.close(fd)
                 fd = child
