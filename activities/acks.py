@@ -26,7 +26,8 @@ it without browsing the dropzone:
   link itself) and fails the poll with ``UNSAFE_PATH``: nothing is read or moved;
 * found by the sweep: while polling one export, the other ack files in the
   same directory are looked at (at most once per poll interval per connection
-  and worker), and those for a file this ledger never wrote, or for an export
+  and worker), and those for a file no export of this connection wrote (another
+  organisation's file name included: it is never looked up), or for an export
   that finished long ago, are moved once they are older than
   ``SWEEP_GRACE_POLLS`` poll intervals — so an ack for an export being opened
   right now, or one its own poll is about to take, is never stolen. Old files
@@ -107,7 +108,8 @@ class AckActivities:
     @translate_errors
     def poll_ack(self, ref: ExportRef) -> AckOutcome:
         record = self._ledger.get_export(ref.export_id)
-        connection = self._ledger.get_connection(record.erp_connection_id)
+        # A deactivated connection is not polled: CONNECTION_INACTIVE (permanent).
+        connection = self._ledger.get_active_connection(record.erp_connection_id)
         connector = self._connectors.get(connection.connector_type)
         config = connector.parse_config(connection.config)
         with connector.session(config) as dropzone:
@@ -226,11 +228,16 @@ class AckActivities:
         for ack in list_ack_files(dropzone):
             if now - ack.mtime < grace or ack.export_filename in answered:
                 continue
-            owner = self._ledger.get_export_by_filename(ack.export_filename)
+            # Only this connection's exports: an ERP that names another
+            # organisation's file must never answer (or even learn of) that export.
+            owner = self._ledger.get_export_by_filename(ack.export_filename, erp_connection_id=connection.id)
             if ack.is_link:
                 self._reject(dropzone, connection, ack, _link_reason(ack), owner.id if owner else None)
             elif owner is None:
-                reason = f"ack file {ack.name} names {ack.export_filename}, which no export in the ledger wrote"
+                reason = (
+                    f"ack file {ack.name} names {ack.export_filename}, "
+                    "which no export in the ledger wrote for this connection"
+                )
                 self._reject(dropzone, connection, ack, reason, None)
             elif owner.awaits_late_ack:
                 # The ERP answered after the ack timeout, and its workflow may no

@@ -146,9 +146,8 @@ class ExportActivities:
     @activity.defn
     @translate_errors
     def open_attempt(self, request: OpenAttemptInput) -> AttemptInfo:
-        connection = self._ledger.get_connection(request.erp_connection_id)
-        if not connection.active:
-            raise InvalidConfigError(f"connection {connection.id} is inactive")
+        # A deactivated connection gets no new attempt: CONNECTION_INACTIVE (permanent).
+        connection = self._ledger.get_active_connection(request.erp_connection_id)
         if connection.org_id != request.org_id:
             raise InvalidConfigError(
                 f"connection {connection.id} belongs to another organisation than draft "

@@ -16,10 +16,15 @@ moves it to ``<ack_path>/error/`` for an operator, rather than guessing):
   contradicts itself, and either reading could be the wrong one;
 * unknown extra keys are ignored (ERPs like to add their own);
 * ``erp_order_id`` and ``error_code`` must be non-blank single-line text
-  without control characters, since they go into database columns and UIs;
-* ``message`` is free text: NUL (which PostgreSQL text/jsonb cannot store) is
-  replaced and it is cut at ``MAX_MESSAGE_CHARS``, because refusing a genuine
-  failure report over its wording would leave the export waiting forever;
+  without control characters (C0, DEL, C1, bidirectional overrides), since
+  they go into database columns, terminals and UIs: an id is refused rather
+  than edited, as an edited id could name another order;
+* ``message`` is free text, made safe instead (``terminal_safe``): NUL (which
+  PostgreSQL text/jsonb cannot store) becomes U+FFFD, escape sequences are
+  removed whole, line breaks become spaces, other control characters go; it is
+  cut at ``MAX_MESSAGE_CHARS``, because refusing a genuine failure report over
+  its wording would leave the export waiting forever. What the ERP really
+  wrote is kept, escaped (``\\x1b``), as ``message_raw`` in ``error_json``;
 * ``processed_at`` must be an RFC 3339 timestamp with an offset; it is kept
   in UTC.
 
@@ -28,6 +33,7 @@ Messages name the file and the field, never the body's content.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
@@ -38,6 +44,7 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    PrivateAttr,
     StringConstraints,
     ValidationError,
 )
@@ -58,15 +65,57 @@ def _to_utc(value: datetime) -> datetime:
     return value.astimezone(timezone.utc)
 
 
+# --- text a terminal would act on ------------------------------------------
+
+# C0, DEL, C1 (0x9b is a one-byte CSI to many terminals) and the bidirectional
+# marks, embeddings, overrides and isolates (they reorder what a screen shows).
+_CONTROL_CLASS = r"\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069"
+_CONTROL = re.compile(f"[{_CONTROL_CLASS}]")
+# ECMA-48 sequences, removed whole so that "\x1b[31mred" reads "red": CSI
+# (ESC [ or 0x9b) up to its final byte; OSC, DCS, SOS, PM and APC strings up to
+# BEL or ST (or the end: a terminal would swallow the rest too); other ESC pairs.
+_ESCAPE_SEQUENCE = re.compile(
+    r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]?"
+    r"|(?:\x1b[\]PX^_]|[\x90\x98\x9d-\x9f])[^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)?"
+    r"|\x1b[ -/]*[0-~]?"
+)
+_LINE_BREAKS = re.compile(r"[\t\n\v\f\r\x85\u2028\u2029]+")
+_TO_ESCAPE = re.compile(f"[\\\\{_CONTROL_CLASS}]")
+
+
+def terminal_safe(text: str) -> str:
+    """``text`` without anything a terminal acts on: one line, no escapes, no controls.
+
+    For ERP-written text on parse, and again for every cell the CLI prints
+    (rows recorded before this existed, file names, anything else from outside).
+    """
+    text = text.replace("\x00", "\ufffd")
+    text = _ESCAPE_SEQUENCE.sub("", text)
+    text = _LINE_BREAKS.sub(" ", text)
+    return _CONTROL.sub("", text)
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with backslashes and control characters written as ``\\xNN`` / ``\\uNNNN``."""
+
+    def one(match: re.Match[str]) -> str:
+        char = match.group()
+        if char == "\\":
+            return "\\\\"
+        return f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}"
+
+    return _TO_ESCAPE.sub(one, text)
+
+
 def _clean_message(value: str) -> str:
-    value = value.replace("\x00", "\ufffd")
+    value = terminal_safe(value)
     if len(value) > MAX_MESSAGE_CHARS:
         value = value[: MAX_MESSAGE_CHARS - 1] + "…"
     return value
 
 
 # No control characters (incl. tab/newline): these are identifiers.
-_CODE_PATTERN = r"^[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f][^\x00-\x1f\x7f]*$"
+_CODE_PATTERN = f"^[^{_CONTROL_CLASS}]*[^\\s{_CONTROL_CLASS}][^{_CONTROL_CLASS}]*$"
 _PATTERN_REASONS = {_CODE_PATTERN: "must be non-blank text without control characters"}
 
 
@@ -111,6 +160,9 @@ class ErrorAck(BaseModel):
     error_code: Code
     message: Message
     processed_at: Timestamp
+    # The message as the ERP wrote it, escaped; only when cleaning changed it.
+    # Private: set by parse_ack, never read from the file.
+    _message_raw: str | None = PrivateAttr(default=None)
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -122,11 +174,14 @@ class ErrorAck(BaseModel):
         ERP failures and our own failures the same way.
         """
         data = self.model_dump(mode="json")
-        return {
+        error = {
             "code": data["error_code"],
             "message": data["message"],
             "processed_at": data["processed_at"],
         }
+        if self._message_raw is not None:
+            error["message_raw"] = self._message_raw
+        return error
 
 
 _EXPECTED_STATUS: dict[str, str] = {"ack": "ACKED", "error": "FAILED"}
@@ -182,9 +237,13 @@ def parse_ack(body: bytes, *, kind: AckKind, name: str) -> Ack | ErrorAck:
         # Strict JSON mode: processed_at must be an RFC 3339 string (lax mode
         # would read a number as Unix time), and true/false/null are not ids.
         # Integer ids are the one tolerated coercion (see _integer_as_text).
-        return _MODELS[kind].model_validate_json(text, strict=True)
+        parsed = _MODELS[kind].model_validate_json(text, strict=True)
     except ValidationError as exc:
         problems = "; ".join(
             f"{path}: {reason}" for path, reason in validation_problems(exc, _PATTERN_REASONS)
         )
         raise _malformed(name, problems) from None
+    raw = data.get("message")
+    if isinstance(parsed, ErrorAck) and isinstance(raw, str) and terminal_safe(raw) != raw:
+        parsed._message_raw = escape_controls(raw[:MAX_MESSAGE_CHARS])
+    return parsed

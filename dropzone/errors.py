@@ -14,6 +14,7 @@ never contain a credential.
     │   ├── InvalidDraftError          INVALID_DRAFT
     │   ├── InvalidConfigError         INVALID_CONFIG
     │   ├── ConnectionNotFoundError    CONNECTION_NOT_FOUND
+    │   ├── ConnectionInactiveError    CONNECTION_INACTIVE
     │   ├── ExportNotFoundError        EXPORT_NOT_FOUND
     │   ├── ConfigKeyError             CONFIG_KEY_UNAVAILABLE
     │   ├── PayloadKeyError            PAYLOAD_KEY_UNAVAILABLE
@@ -32,6 +33,7 @@ never contain a credential.
         ├── StorageUnavailableError    STORAGE_UNAVAILABLE
         ├── LedgerUnavailableError     DATABASE_UNAVAILABLE
         ├── TemporalUnavailableError   TEMPORAL_UNAVAILABLE
+        ├── UnexpectedError            INTERNAL_ERROR  (any exception that is not ours: a bug)
         └── AckNotYetAvailable         ACK_PENDING  (the polling signal, not a fault)
 """
 
@@ -90,6 +92,12 @@ class InvalidConfigError(PermanentError):
 
 class ConnectionNotFoundError(PermanentError):
     code = "CONNECTION_NOT_FOUND"
+
+
+class ConnectionInactiveError(PermanentError):
+    """An operator deactivated the connection: no new attempt, no ack poll on it."""
+
+    code = "CONNECTION_INACTIVE"
 
 
 class ExportNotFoundError(PermanentError):
@@ -180,6 +188,17 @@ class LedgerUnavailableError(TransientError):
 
 class TemporalUnavailableError(TransientError):
     code = "TEMPORAL_UNAVAILABLE"
+
+
+class UnexpectedError(TransientError):
+    """Stands in for an exception that is not ours (``activities.failures``).
+
+    Its message names only the exception's type: a library's text may quote SQL
+    parameters, paths or customer data. Retryable, as a bug fixed by a deploy
+    or a passing fault (a lock timeout) lets the same attempt finish.
+    """
+
+    code = "INTERNAL_ERROR"
 
 
 class AckNotYetAvailable(TransientError):

@@ -95,8 +95,11 @@ _NOT_BLANK = r"\S"
 _CURRENCY_FORMAT = re.compile(r"[A-Z]{3}")
 _EMAIL = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
 _SHA256 = r"^[0-9a-fA-F]{64}$"
+# An org slug names a tenant in files and paths (`../../x` must never pass).
+_SLUG = r"^[a-z0-9][a-z0-9-]*$"
 _PATTERN_REASONS = {
     _NOT_BLANK: "must not be blank",
+    _SLUG: "must be lower-case letters, digits and hyphens (a slug such as acme-gmbh)",
     _EMAIL: "must be an e-mail address",
     _SHA256: "must be 64 hexadecimal characters (sha256)",
 }
@@ -140,6 +143,7 @@ def _lower(value: str) -> str:
 
 
 Text = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=_NOT_BLANK)]
+Slug = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=_SLUG)]
 OptionalText = Annotated[str, StringConstraints(max_length=255)] | None
 LongText = Annotated[str, StringConstraints(max_length=4000)] | None
 Email = Annotated[str, StringConstraints(max_length=254, pattern=_EMAIL)]
@@ -288,7 +292,7 @@ class DraftOrder(BaseModel):
 
     draft_order_id: UUID
     org_id: UUID
-    org_slug: Text
+    org_slug: Slug
     approved_at: Timestamp
     approved_by: Email
     customer: DraftCustomer

@@ -40,6 +40,7 @@ from sqlalchemy.pool import NullPool
 from dropzone.crypto import ConfigCipher
 from dropzone.errors import (
     ACK_TIMEOUT,
+    ConnectionInactiveError,
     ConnectionNotFoundError,
     ExportNotFoundError,
     InvalidConfigError,
@@ -138,9 +139,12 @@ def create_ledger_engine(database_url: str | URL, *, pool_size: int = 10, pooled
     if "connect_timeout" not in url.query:
         connect_args["connect_timeout"] = CONNECT_TIMEOUT_SECONDS
     if not pooled:  # one-off work such as migrations
-        return create_engine(url, poolclass=NullPool, connect_args=connect_args)
+        return create_engine(url, poolclass=NullPool, connect_args=connect_args, hide_parameters=True)
     return create_engine(
         url,
+        # A statement's parameters are customer data (ERP texts, order ids) and
+        # would otherwise be quoted in every DBAPIError's text.
+        hide_parameters=True,
         pool_size=pool_size,
         max_overflow=pool_size,
         # A pooled connection may have been cut by a database restart or a
@@ -218,6 +222,20 @@ class Ledger:
             token = row.config_encrypted
         config = self._cipher.decrypt(token, connection_id=summary.id)
         return ConnectionRecord(**summary.model_dump(), config=config)
+
+    def get_active_connection(self, connection_id: UUID | str) -> ConnectionRecord:
+        """``get_connection`` for work on the dropzone: an inactive connection is refused.
+
+        Checked by every new attempt and every ack poll, so deactivating a
+        connection stops its deliveries and polls at their next step.
+        """
+        record = self.get_connection(connection_id)
+        if not record.active:
+            raise ConnectionInactiveError(
+                f"connection {record.id} is inactive (deactivated by an operator); "
+                f"reactivate it with 'dropzone connections update {record.id} --activate'"
+            )
+        return record
 
     def list_connections(self, org_id: UUID | None = None) -> list[ConnectionSummary]:
         query = select(ErpConnection).order_by(ErpConnection.created_at, ErpConnection.id)
@@ -400,9 +418,18 @@ class Ledger:
                 raise ExportNotFoundError(f"export {export_id} not found")
             return ExportRecord.model_validate(row)
 
-    def get_export_by_filename(self, filename: str) -> ExportRecord | None:
+    def get_export_by_filename(self, filename: str, *, erp_connection_id: UUID) -> ExportRecord | None:
+        """The export of ``erp_connection_id`` that wrote ``filename``; None for any other.
+
+        Scoped to one connection because the name comes from an ack file that
+        connection's ERP wrote: an ERP may only ever answer its own exports,
+        never another organisation's, even when it knows their file names.
+        """
+        query = select(ErpExport).where(
+            ErpExport.filename == filename, ErpExport.erp_connection_id == erp_connection_id
+        )
         with self._transaction() as session:
-            row = session.scalar(select(ErpExport).where(ErpExport.filename == filename))
+            row = session.scalar(query)
             return ExportRecord.model_validate(row) if row is not None else None
 
     def list_exports(

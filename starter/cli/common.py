@@ -33,6 +33,7 @@ from rich.style import Style
 from rich.table import Table
 from rich.text import Text
 
+from dropzone.acks import terminal_safe
 from dropzone.errors import DropzoneError, InvalidConfigError
 from dropzone.ledger import Ledger
 from dropzone.settings import Settings, invalid_settings_message
@@ -112,8 +113,9 @@ def print_table(
 ) -> None:
     """A rich table on a terminal; tab-separated lines with a header when piped.
 
-    ``markup=False`` shows cells exactly as given (an ERP message or a file
-    name may contain brackets that rich would read as styles). When piped, the
+    ``markup=False`` shows cells as plain text (an ERP message or a file
+    name may contain brackets that rich would read as styles). Every cell loses
+    control characters and escape sequences (``terminal_safe``). When piped, the
     caption goes to stderr so that stdout stays one header line plus one line
     per row.
     """
@@ -123,7 +125,7 @@ def print_table(
             # Fold, never cut: ids, file names and links are copied from here.
             table.add_column(column, overflow="fold")
         for row in rows:
-            table.add_row(*(_plain_cell(cell) if isinstance(cell, str) and not markup else cell for cell in row))
+            table.add_row(*(_cell(cell, markup) for cell in row))
         out.print(table)
         return
     sys.stdout.write("\t".join(columns) + "\n")
@@ -133,7 +135,14 @@ def print_table(
         err.print(caption, highlight=False, soft_wrap=True)
 
 
+def _cell(cell: Any, markup: bool) -> Any:
+    if not isinstance(cell, str):
+        return cell
+    return terminal_safe(cell) if markup else _plain_cell(cell)
+
+
 def _plain_cell(cell: str) -> Text:
+    cell = terminal_safe(cell)
     # A link stays clickable (OSC 8) in terminals that support it, even when folded.
     if cell.startswith(("http://", "https://")):
         return Text(cell, style=Style(link=cell))
@@ -141,7 +150,14 @@ def _plain_cell(cell: str) -> Text:
 
 
 def _one_line(cell: str) -> str:
-    return cell.replace("\t", " ").replace("\n", " ")
+    # One line per row, and nothing a terminal (or `less -R`) would act on:
+    # cells hold ERP-written ids and messages.
+    return terminal_safe(cell)
+
+
+def print_plain(text: str) -> None:
+    """One line of text that may hold outside data: no markup, no escape sequences."""
+    out.print(terminal_safe(text), markup=False, highlight=False)
 
 
 def print_json(data: Any) -> None:

@@ -242,11 +242,23 @@ def connections_update(
     webhook_secret_file: str | None = typer.Option(
         None, "--webhook-secret-file", help="File holding the whsec_… secret that signs them (mode 0600); '-' reads stdin."
     ),
+    active: bool | None = typer.Option(
+        None, "--activate/--deactivate",
+        help="--deactivate: no new attempt and no ack poll on this connection (CONNECTION_INACTIVE); --activate undoes it.",
+    ),
     json_output: bool = typer.Option(False, "--json"),
 ) -> None:
     """Change a connection's config (e.g. rotated ERP credentials); validated, then stored encrypted."""
     cid = parse_uuid(connection_id, "connection")
     _one_stdin_reader(config_file, password_file, ssh_key_file, ssh_key_passphrase_file)
+    config_options = (
+        config_file, export_path, ack_path, poll_interval, password_file, ssh_key_file, ssh_key_passphrase_file,
+        webhook_url, webhook_secret_file,
+    )
+    if active is not None and all(option is None for option in config_options):
+        # Only switching: the stored config is left alone (it need not even decrypt).
+        _set_active(cid, active, json_output)
+        return
     ledger = open_ledger(load_settings())
     try:
         record = ledger.get_connection(cid)
@@ -264,10 +276,32 @@ def connections_update(
         ledger.update_connection_config(cid, config_to_storable(config))
     finally:
         ledger.dispose()
+    if active is not None:
+        _set_active(cid, active, json_output, quiet=json_output)
     if json_output:
-        print_json({"id": str(cid), "config": redacted(config)})
+        print_json({"id": str(cid), "config": redacted(config), **({"active": active} if active is not None else {})})
     else:
         out.print(f"connection {cid} updated; check it with 'dropzone connections test {cid}'", highlight=False)
+
+
+def _set_active(cid: Any, active: bool, json_output: bool, *, quiet: bool = False) -> None:
+    ledger = open_ledger(load_settings())
+    try:
+        ledger.set_connection_active(cid, active)
+    finally:
+        ledger.dispose()
+    if quiet:
+        return
+    if json_output:
+        print_json({"id": str(cid), "active": active})
+    elif active:
+        out.print(f"connection {cid} activated: new attempts and ack polls run again", highlight=False)
+    else:
+        out.print(
+            f"connection {cid} deactivated: new attempts and ack polls fail with CONNECTION_INACTIVE "
+            "until 'dropzone connections update ID --activate'",
+            highlight=False,
+        )
 
 
 @connections_app.command("list")

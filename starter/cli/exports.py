@@ -33,6 +33,7 @@ from starter.cli.common import (
     parse_uuid,
     print_json,
     print_table,
+    print_plain,
     progress_bar,
     run,
     workflow_url,
@@ -113,11 +114,13 @@ def export_cmd(
 
 def _print_state(state: Any) -> None:
     line = f"status: {state.status}  attempt: {state.attempt}  file: {state.filename or '-'}"
+    # Ids and messages may come from the ERP: printed as plain text (markup off,
+    # so "[/]" is text), and without anything a terminal would act on.
     if state.erp_order_id:
         line += f"  erp_order_id: {state.erp_order_id}"
-    out.print(line, highlight=False)
+    print_plain(line)
     if state.last_error is not None:
-        out.print(f"error: {state.last_error.code}: {state.last_error.message}", highlight=False)
+        print_plain(f"error: {state.last_error.code}: {state.last_error.message}")
 
 
 @app.command("retry")

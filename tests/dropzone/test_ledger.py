@@ -301,7 +301,9 @@ def test_open_attempt_creates_a_pending_row(ledger, connection):
     assert export.created_at.tzinfo == UTC
     assert abs(export.created_at - datetime.now(UTC)) < timedelta(seconds=30)
     assert ledger.get_export(export.id) == export
-    assert ledger.get_export_by_filename(export.filename) == export
+    assert ledger.get_export_by_filename(export.filename, erp_connection_id=connection.id) == export
+    # Scoped to the connection: another connection never finds this export by its name.
+    assert ledger.get_export_by_filename(export.filename, erp_connection_id=uuid.uuid4()) is None
 
 
 def test_open_attempt_twice_in_one_run_returns_the_same_row(ledger, connection):
@@ -442,7 +444,7 @@ def test_export_lookups(ledger, connection):
     assert [e.id for e in ledger.list_exports(limit=1, offset=1)] == [two.id]
     assert ledger.list_exports(since=datetime.now(UTC) + timedelta(minutes=1)) == []
     assert ledger.latest_export(uuid.uuid4()) is None
-    assert ledger.get_export_by_filename("nope.json") is None
+    assert ledger.get_export_by_filename("nope.json", erp_connection_id=connection.id) is None
     with pytest.raises(ExportNotFoundError):
         ledger.get_export(uuid.uuid4())
     with pytest.raises(ExportNotFoundError):
