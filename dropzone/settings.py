@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from dropzone.draft_files import MAX_DRAFT_BYTES
 from dropzone.errors import InvalidConfigError
 from dropzone.secret_files import require_owner_only
 
@@ -75,6 +76,9 @@ class Settings(BaseSettings):
     max_concurrent_activities: int = Field(default=32, ge=1, le=1000)
     # Drafts whose JSON is larger go to object storage and travel as a reference.
     inline_draft_limit_bytes: int = Field(default=256 * 1024, ge=1024, le=1_500_000)
+    # The largest draft `dropzone export` and start_export take (checked before reading);
+    # more than the worker's own draft_ref limit could never be exported.
+    max_draft_bytes: int = Field(default=MAX_DRAFT_BYTES, ge=1024, le=MAX_DRAFT_BYTES)
 
     # Prometheus /metrics of the worker (Temporal SDK metrics and ours); 0 = off.
     # Loopback by default: metrics name orgs and queues, keep them off the network

@@ -13,6 +13,7 @@ from dropzone.connection_config import parse_connection_config
 from dropzone.errors import DropzoneError
 from dropzone.settings import load_settings
 from starter.cli.common import app, err, handle_errors, open_ledger, out, parse_uuid
+from starter.erp_sim import MAX_EXPORT_BYTES
 
 REJECT_CUSTOMER_OPTION = typer.Option(
     None, "--reject-customer", help="Answer orders for this ERP customer number with INVALID_CUSTOMER (repeatable)."
@@ -31,6 +32,10 @@ def erp_sim_cmd(
     interval: float = typer.Option(1.0, "--interval", min=0.05, help="Seconds between looks at the dropzone."),
     once: bool = typer.Option(False, "--once", help="Answer the exports there now, then exit."),
     seed: int | None = typer.Option(None, "--seed", help="Seed for --reject-rate, for repeatable runs."),
+    max_export_bytes: int = typer.Option(
+        MAX_EXPORT_BYTES, "--max-export-bytes", min=1,
+        help="Larger export files are answered INVALID_FORMAT unread (default 1 GiB; checked by streaming).",
+    ),
 ) -> None:
     """Play the ERP: answer complete export files in a connection's dropzone with ack_/error_ files."""
     from starter.erp_sim import ErpRules, ErpSimulator, open_erp_side
@@ -48,6 +53,7 @@ def erp_sim_cmd(
 
     simulator = ErpSimulator(
         lambda: open_erp_side(config), rules, delay_seconds=delay, interval_seconds=interval,
+        max_export_bytes=max_export_bytes,
         on_answer=lambda answer: out.print(answer.describe(), highlight=False),
         on_problem=report_problem,
     )
