@@ -13,12 +13,18 @@ Error table (httpx → ours), all retryable with code ``WEBHOOK_UNDELIVERED``:
     response status not 2xx   "<url> answered HTTP <status>"
 
 A connection that no longer names a webhook fails the event at once (INVALID_CONFIG).
+A connection's URL and secret are kept for ``TARGET_CACHE_SECONDS`` per worker (a
+burst of exports on one connection decrypts its config once); a changed webhook
+is used from then on.
 Messages name the URL without its query or user info (they may hold tokens).
 """
 
 from __future__ import annotations
 
+import threading
 import time
+from dataclasses import dataclass, field
+from uuid import UUID
 
 import httpx
 from temporalio import activity
@@ -34,6 +40,14 @@ from dropzone.webhooks import WEBHOOK_UNDELIVERED, describe_url, signed_headers
 from workflows import policies
 
 USER_AGENT = "orderflow-dropzone-webhooks/1"
+TARGET_CACHE_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class _Target:
+    url: str
+    secret: str = field(repr=False)
+    expires: float
 
 
 def _undelivered(message: str) -> TransientError:
@@ -44,6 +58,8 @@ class WebhookActivities:
     def __init__(self, ledger: Ledger, client: httpx.Client | None = None) -> None:
         self._events = WebhookEvents(ledger)
         self._ledger = ledger
+        self._targets: dict[UUID, _Target] = {}
+        self._targets_lock = threading.Lock()
         # One pooled client per worker (thread-safe); no redirects: a receiver that
         # moved must be reconfigured, the signature is for the URL we were given.
         self._client = client or httpx.Client(
@@ -61,12 +77,10 @@ class WebhookActivities:
     def send_webhook(self, delivery: WebhookDelivery) -> WebhookDeliveryOutcome:
         tries = activity.info().attempt
         event = delivery.event
-        config = parse_connection_config(self._ledger.get_connection(delivery.erp_connection_id).config)
-        if config.webhook_url is None or config.webhook_secret is None:
-            raise InvalidConfigError(f"connection {delivery.erp_connection_id} has no webhook_url any more")
-        url = config.webhook_url
+        target = self._target(delivery.erp_connection_id)
+        url = target.url
         body = event.body()
-        headers = signed_headers(config.webhook_secret.get_secret_value(), event, body, int(time.time()))
+        headers = signed_headers(target.secret, event, body, int(time.time()))
         try:
             response = self._client.post(url, content=body, headers=headers)
         except httpx.TimeoutException:
@@ -88,6 +102,20 @@ class WebhookActivities:
             delivery_attempts=record.delivery_attempts,
             response_status=response.status_code,
         )
+
+    def _target(self, connection_id: UUID) -> _Target:
+        now = time.monotonic()
+        with self._targets_lock:
+            cached = self._targets.get(connection_id)
+        if cached is not None and cached.expires > now:
+            return cached
+        config = parse_connection_config(self._ledger.get_connection(connection_id).config)
+        if config.webhook_url is None or config.webhook_secret is None:
+            raise InvalidConfigError(f"connection {connection_id} has no webhook_url any more")
+        target = _Target(config.webhook_url, config.webhook_secret.get_secret_value(), now + TARGET_CACHE_SECONDS)
+        with self._targets_lock:
+            self._targets[connection_id] = target
+        return target
 
     @activity.defn
     @translate_errors

@@ -17,9 +17,10 @@ from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from dropzone.ledger.models import ErpWebhookEvent, WebhookEventRecord, WebhookEventStatus
-from dropzone.ledger.repository import Ledger
+from dropzone.ledger.repository import Ledger, translate_db_errors
 from dropzone.webhooks import WebhookEvent
 
+_TABLE = ErpWebhookEvent.__table__
 # Our own text, but it may quote what a receiver answered: keep rows small.
 MAX_ERROR_CHARS = 1000
 
@@ -66,7 +67,7 @@ class WebhookEvents:
             set_=values,
             # A final row stays final (a late duplicate try of a delivered event).
             where=ErpWebhookEvent.status == WebhookEventStatus.PENDING.value,
-        ).returning(ErpWebhookEvent)
+        ).returning(*_TABLE.c)
         return self._upsert(upsert, event.event_id)
 
     def give_up(
@@ -91,7 +92,7 @@ class WebhookEvents:
                 "updated_at": now,
             },
             where=ErpWebhookEvent.status == WebhookEventStatus.PENDING.value,
-        ).returning(ErpWebhookEvent)
+        ).returning(*_TABLE.c)
         return self._upsert(upsert, event.event_id)
 
     @staticmethod
@@ -108,11 +109,13 @@ class WebhookEvents:
         }
 
     def _upsert(self, statement: Any, event_id: UUID) -> WebhookEventRecord:
-        with self._ledger._transaction() as session:
-            row = session.scalar(statement)
+        # Core, not the ORM: one of these runs for every callback sent (benchmarks/bench_webhooks.py).
+        engine = self._ledger.engine
+        with translate_db_errors(engine.url), engine.begin() as connection:
+            row = connection.execute(statement).mappings().one_or_none()
             if row is None:  # already final: a status never goes back
-                row = session.get(ErpWebhookEvent, event_id)
-            return WebhookEventRecord.model_validate(row)
+                row = connection.execute(select(_TABLE).where(_TABLE.c.event_id == event_id)).mappings().one()
+            return WebhookEventRecord.model_validate(dict(row))
 
     def for_draft(self, draft_order_id: UUID) -> list[WebhookEventRecord]:
         """Every status callback of one draft's exports, in the order they happened."""
