@@ -25,6 +25,7 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
+from benchmarks.bench_api import api_rows
 from benchmarks.bench_codec import codec_rows
 from benchmarks.bench_e2e import E2EConfig, e2e_rows
 from benchmarks.bench_large import large_export_rows
@@ -46,6 +47,7 @@ class Plan:
     large_runs: int
     s3_mb: list[int]
     sftp_mb: list[int]
+    api_pushes: int
     e2e: E2EConfig
 
 
@@ -56,6 +58,7 @@ FULL = Plan(
     large_runs=5,
     s3_mb=[100],
     sftp_mb=[10, 100],
+    api_pushes=300,
     e2e=E2EConfig(burst=300, runs=5, single_runs=15, worker_counts=[1, 2, 4], ack_runs=10, ack_intervals=[1, 5]),
 )
 SMOKE = Plan(
@@ -65,6 +68,7 @@ SMOKE = Plan(
     large_runs=1,
     s3_mb=[20],
     sftp_mb=[2],
+    api_pushes=10,
     e2e=E2EConfig(burst=10, runs=1, single_runs=1, worker_counts=[1], ack_runs=1, ack_intervals=[1]),
 )
 
@@ -175,6 +179,7 @@ def run(plan: Plan, smoke: bool) -> str:
         e2e = asyncio.run(e2e_rows(s, plan.e2e))
         rows += e2e.rows
         rows += asyncio.run(codec_rows(s, plan.e2e))
+        rows += asyncio.run(api_rows(s, plan.api_pushes, min(plan.runs, 5)))
         scaling, cpu_ms = e2e.scaling, e2e.cpu_ms
     external = external_benchmarks(smoke)
     minutes = (time.monotonic() - t0) / 60

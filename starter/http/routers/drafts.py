@@ -114,7 +114,6 @@ async def push(
         connection = next((c for c in connections if c.id == connection_id), None)
         if connection is None:
             raise ProblemError(404, "not-found", "Not found", f"no connection {connection_id} in this organisation")
-        loop = asyncio.get_running_loop()
 
         def check(draft: DraftOrder) -> None:
             """Runs in start_export's thread once the draft is valid, before anything is stored."""
@@ -125,8 +124,8 @@ async def push(
                     "draft.org_id", f"must be the connection's organisation (connection {connection_id} belongs "
                     f"to org {connection.org_id}, the draft to org {draft.org_id})"
                 )
-            existing = asyncio.run_coroutine_threadsafe(_find_run(client, ledger, draft_order_id), loop).result()
-            if existing is not None and existing.org_id is not None and existing.org_id != token.org_id:
+            latest = ledger.latest_export(draft_order_id)
+            if latest is not None and latest.org_id != token.org_id:
                 raise _not_found(draft_order_id)  # the id is another organisation's
 
         try:
@@ -138,6 +137,11 @@ async def push(
             )
         except InvalidDraftError as exc:
             raise from_dropzone_error(exc, within="draft") from None
+    if not started.started_new:
+        # Joined an open run: one that has no attempt yet is known only to Temporal.
+        existing = await _find_run(client, ledger, draft_order_id)
+        if existing is not None and existing.org_id is not None and existing.org_id != token.org_id:
+            raise _not_found(draft_order_id)  # the id is another organisation's
     if started.run_id is None:  # a closed run exists and the push did not say force
         raise ProblemError(
             409, "run-closed", "The export has finished",
