@@ -603,7 +603,7 @@ def _negotiate_verified(config: SftpConfig, url: str) -> tuple[paramiko.Transpor
             transport.close()
             raise errors.HostKeyError(
                 f"{url}: host key {fingerprint} ({_key_family(key.get_name())}) is not trusted; "
-                "verify it with the server's operator and pin it (dropzone connections test --trust)",
+                "verify it with the server's operator and pin it (dropzone connections test ID --trust SHA256:…)",
                 code="HOST_KEY_UNKNOWN",
             )
         if _pin_matches(pin, key):

@@ -66,7 +66,9 @@ def show_and_pin_host_key(
     fetch_host_key: Any,
 ) -> SftpConfig:
     """Print the server's key; pin it if it is the approved one; refuse to go on without a pin."""
-    key_type, fingerprint, public_line = fetch_host_key(config.host, config.port, config.connect_timeout_seconds)
+    key_type, fingerprint, public_line = fetch_host_key(
+        config.host, config.port, config.connect_timeout_seconds, legacy_algorithms=tuple(config.legacy_algorithms)
+    )
     line = known_hosts_line(config.host, config.port, public_line)
     pinned = pin_fingerprint(config.host_key) if config.host_key else None
     report["host_key"] = {"type": key_type, "fingerprint": fingerprint, "known_hosts": line}
