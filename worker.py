@@ -40,6 +40,7 @@ from temporalio.worker.workflow_sandbox import (
     SandboxRestrictions,
 )
 
+from activities.ack_listener import AckListenerActivities
 from activities.acks import AckActivities
 from activities.exports import ExportActivities
 from activities.webhooks import WebhookActivities
@@ -53,6 +54,7 @@ from dropzone.settings import Settings, invalid_settings_message, load_settings
 from dropzone.temporal_connection import connect_options, describe_failure
 from dropzone.transports.object_storage import ObjectStore
 from starter.codec import build_data_converter
+from workflows.ack_listener import AckListenerWorkflow
 from workflows.export_order import ExportOrderWorkflow
 
 GRACEFUL_SHUTDOWN = timedelta(seconds=30)
@@ -172,12 +174,14 @@ def build_worker(
     """The worker; every activity runs inside the telemetry interceptor (log context, metrics)."""
     exports = ExportActivities(adapters.ledger, adapters.store, adapters.connectors)
     acks = AckActivities(adapters.ledger, adapters.connectors)
+    # The connection's ack listener hands answers over through this worker's client.
+    listener = AckListenerActivities(adapters.ledger, adapters.connectors, client, acks)
     webhooks = WebhookActivities(adapters.ledger)
     telemetry = TelemetryInterceptor(ExportOwners.from_ledger(adapters.ledger))
     return Worker(
         client,
         task_queue=task_queue,
-        workflows=[ExportOrderWorkflow],
+        workflows=[ExportOrderWorkflow, AckListenerWorkflow],
         workflow_runner=build_workflow_runner(),
         activities=[
             exports.inspect_draft,
@@ -186,6 +190,8 @@ def build_worker(
             exports.deliver,
             exports.mark_failed,
             acks.poll_ack,
+            listener.ensure_ack_listener,
+            listener.scan_ack_path,
             webhooks.send_webhook,
             webhooks.give_up_webhook,
         ],

@@ -38,6 +38,10 @@ it without browsing the dropzone:
 An ack still being written is left for the next poll: a file is only read when
 its mtime is ``SETTLE_SECONDS`` old, or when a second look ``SECOND_LOOK_SECONDS``
 later sees the same size and mtime (the ERP's clock may differ from ours).
+
+The connection's ack listener (``activities/ack_listener.py``) takes acks with
+the same code (``take_settled``, ``reject``, ``is_recorded_answer``): it hands
+each recorded answer to the export's run (``hand_over``) before the file moves.
 """
 
 from __future__ import annotations
@@ -69,11 +73,37 @@ SECOND_LOOK_SECONDS = 0.5
 SWEEP_GRACE_POLLS = 10
 
 
-def _link_reason(ack: AckFile) -> str:
+# Called with the export, its ack file and the recorded answer after the ledger
+# has it and before the file moves; raising leaves the file for the next look.
+HandOver = Callable[[ExportRecord, AckFile, AckOutcome], None]
+
+
+def is_settled(ack: AckFile, now: float) -> bool:
+    """Old enough (by its mtime) that the ERP has finished writing it."""
+    return now - ack.mtime >= SETTLE_SECONDS and ack.size > 0
+
+
+def unchanged_since(before: list[AckFile], after: list[AckFile], now: float) -> bool:
+    """The second look: same names, sizes and mtimes (an empty file only once it is old)."""
+    if {(a.name, a.size, a.mtime) for a in before} != {(a.name, a.size, a.mtime) for a in after}:
+        return False
+    return all(a.size > 0 or now - a.mtime >= SETTLE_SECONDS for a in after)
+
+
+def link_reason(ack: AckFile) -> str:
     return f"ack file {ack.name} is a symbolic link; links are never followed or read (the ERP must write a file)"
 
 
-def _outcome_from_record(record: ExportRecord) -> AckOutcome | None:
+def duplicate_reason(ack: AckFile, owner: ExportRecord) -> str:
+    """Why an ack for an export that has its answer already is refused."""
+    return (
+        f"ack file {ack.name} arrived for export {owner.id}, which is already {owner.status}"
+        + (f" ({owner.error_json.get('code')})" if owner.status == "FAILED" and owner.error_json else "")
+        + "; check the order in the ERP"
+    )
+
+
+def outcome_from_record(record: ExportRecord) -> AckOutcome | None:
     """The ERP's recorded answer, or None while there is none (SENT, or ACK_TIMEOUT unanswered)."""
     late = record.answered_late
     if record.status == ExportStatus.ACKED:
@@ -116,14 +146,14 @@ class AckActivities:
             try:
                 outcome = self._take_own_ack(dropzone, connection, record)
             except UnsafePathError as exc:  # processed/ or error/ is a link: nothing read or moved
-                self._record_unsafe_folder(connection, exc, record.id)
+                self.record_unsafe_folder(connection, exc, record.id)
                 raise
             if outcome is not None:
                 return outcome
             self._sweep_if_due(dropzone, connection, config.poll_interval_seconds)
         # The ack may have been recorded and moved by an execution that died
         # before it could report back: the ledger remembers.
-        recorded = _outcome_from_record(self._ledger.get_export(record.id))
+        recorded = outcome_from_record(self._ledger.get_export(record.id))
         if recorded is not None:
             return recorded
         raise AckNotYetAvailable(f"no ack for {record.filename} yet")
@@ -136,53 +166,65 @@ class AckActivities:
         acks = dropzone.list_acks(record.filename)
         if not acks or not self._settled(dropzone, record.filename, acks):
             return None
+        return self.take_settled(dropzone, connection, record, acks)
+
+    def take_settled(
+        self,
+        dropzone: Dropzone,
+        connection: ConnectionRecord,
+        record: ExportRecord,
+        acks: list[AckFile],
+        *,
+        hand_over: HandOver | None = None,
+    ) -> AckOutcome | None:
+        """Record (and move) the settled ack files of one export; the recorded answer, if any."""
         # Both ack_ and error_ for one export: the ERP contradicts itself;
         # neither is trusted, both go to error/ for an operator.
         if len({ack.kind for ack in acks}) > 1:
             for ack in acks:
-                self._reject(
-                    dropzone, connection, ack, "both ack_ and error_ files exist for this export", record.id
-                )
+                self.reject(dropzone, connection, ack, "both ack_ and error_ files exist for this export", record.id)
             return None
         for ack in acks:
-            outcome = self._process(dropzone, connection, record, ack)
+            outcome = self._process(dropzone, connection, record, ack, hand_over)
             if outcome is not None:
                 return outcome
         return None
 
     def _settled(self, dropzone: Dropzone, filename: str, acks: list[AckFile]) -> bool:
         """True unless one of ``acks`` may still be being written."""
-        if all(self._clock() - ack.mtime >= SETTLE_SECONDS and ack.size > 0 for ack in acks):
+        if all(is_settled(ack, self._clock()) for ack in acks):
             return True
         self._sleep(SECOND_LOOK_SECONDS)
-        again = dropzone.list_acks(filename)
-        before = {(a.name, a.size, a.mtime) for a in acks}
-        after = {(a.name, a.size, a.mtime) for a in again}
-        if before != after:
-            return False
-        # An empty file only counts once it has stayed empty for a while.
-        return all(a.size > 0 or self._clock() - a.mtime >= SETTLE_SECONDS for a in again)
+        return unchanged_since(acks, dropzone.list_acks(filename), self._clock())
 
     def _process(
-        self, dropzone: Dropzone, connection: ConnectionRecord, record: ExportRecord, ack: AckFile
+        self,
+        dropzone: Dropzone,
+        connection: ConnectionRecord,
+        record: ExportRecord,
+        ack: AckFile,
+        hand_over: HandOver | None,
     ) -> AckOutcome | None:
         if ack.is_link:
-            self._reject(dropzone, connection, ack, _link_reason(ack), record.id)
+            self.reject(dropzone, connection, ack, link_reason(ack), record.id)
             return None
         if ack.size > MAX_ACK_BYTES:
             # Judged from the size alone: a 50 MB file is never read into memory.
             reason = f"malformed ack file {ack.name}: larger than {MAX_ACK_BYTES} bytes ({ack.size} bytes)"
-            self._reject(dropzone, connection, ack, reason, record.id)
+            self.reject(dropzone, connection, ack, reason, record.id)
             return None
         body = dropzone.read_ack(ack.name, max_bytes=MAX_ACK_BYTES)
         try:
             parsed = parse_ack(body, kind=ack.kind, name=ack.name)
         except MalformedAckError as exc:
-            self._reject(dropzone, connection, ack, exc.message, record.id)
+            self.reject(dropzone, connection, ack, exc.message, record.id)
             return None
         self._record(record.id, parsed)
+        outcome = outcome_from_record(self._ledger.get_export(record.id))
+        if hand_over is not None and outcome is not None:
+            hand_over(record, ack, outcome)  # the run has it before the file leaves ack_path
         dropzone.move_ack(ack.name, naming.PROCESSED_DIR)
-        return _outcome_from_record(self._ledger.get_export(record.id))
+        return outcome
 
     def _record(self, export_id: UUID, parsed: Ack | ErrorAck) -> ExportRecord:
         """The ERP's answer into the ledger: on time, or late after an ACK_TIMEOUT.
@@ -216,7 +258,7 @@ class AckActivities:
         except DropzoneError as exc:
             # The sweep is housekeeping: it must never keep this export's ack waiting.
             if isinstance(exc, UnsafePathError):
-                self._record_unsafe_folder(connection, exc, None)
+                self.record_unsafe_folder(connection, exc, None)
             log.warning(
                 "sweep of ack_path failed; will try again",
                 extra={"erp_connection_id": str(connection.id), "error_code": exc.code, "error": exc.message},
@@ -232,13 +274,13 @@ class AckActivities:
             # organisation's file must never answer (or even learn of) that export.
             owner = self._ledger.get_export_by_filename(ack.export_filename, erp_connection_id=connection.id)
             if ack.is_link:
-                self._reject(dropzone, connection, ack, _link_reason(ack), owner.id if owner else None)
+                self.reject(dropzone, connection, ack, link_reason(ack), owner.id if owner else None)
             elif owner is None:
                 reason = (
                     f"ack file {ack.name} names {ack.export_filename}, "
                     "which no export in the ledger wrote for this connection"
                 )
-                self._reject(dropzone, connection, ack, reason, None)
+                self.reject(dropzone, connection, ack, reason, None)
             elif owner.awaits_late_ack:
                 # The ERP answered after the ack timeout, and its workflow may no
                 # longer poll (closed, or retried): the answer is as true as one on
@@ -249,19 +291,14 @@ class AckActivities:
             elif owner.status in ("ACKED", "FAILED") and now - owner.updated_at.timestamp() >= grace:
                 # updated_at: the export's own poll moves its file right after
                 # recording the outcome; only long-finished exports are swept.
-                if self._is_recorded_answer(dropzone, ack, owner):
+                if self.is_recorded_answer(dropzone, ack, owner):
                     # Recorded, then the worker died before moving it (found by
                     # the chaos suite): not a duplicate, just unfinished work.
                     dropzone.move_ack(ack.name, naming.PROCESSED_DIR)
                     continue
-                reason = (
-                    f"ack file {ack.name} arrived for export {owner.id}, which is already {owner.status}"
-                    + (f" ({owner.error_json.get('code')})" if owner.status == "FAILED" and owner.error_json else "")
-                    + "; check the order in the ERP"
-                )
-                self._reject(dropzone, connection, ack, reason, owner.id)
+                self.reject(dropzone, connection, ack, duplicate_reason(ack, owner), owner.id)
 
-    def _is_recorded_answer(self, dropzone: Dropzone, ack: AckFile, owner: ExportRecord) -> bool:
+    def is_recorded_answer(self, dropzone: Dropzone, ack: AckFile, owner: ExportRecord) -> bool:
         """True when ``ack`` says exactly what the ledger recorded for ``owner``."""
         if ack.size > MAX_ACK_BYTES:
             return False
@@ -279,7 +316,7 @@ class AckActivities:
 
     # --- rejection ------------------------------------------------------------
 
-    def _record_unsafe_folder(self, connection: ConnectionRecord, exc: UnsafePathError, export_id: UUID | None) -> None:
+    def record_unsafe_folder(self, connection: ConnectionRecord, exc: UnsafePathError, export_id: UUID | None) -> None:
         """``processed/`` or ``error/`` is a link: nothing moved, but an operator must see it."""
         if exc.path is None:
             return
@@ -292,7 +329,7 @@ class AckActivities:
             moved_to=exc.path,  # left where it is; one row per link
         )
 
-    def _reject(
+    def reject(
         self,
         dropzone: Dropzone,
         connection: ConnectionRecord,

@@ -226,3 +226,79 @@ class WebhookDeliveryOutcome(_Contract):
     status: Literal["PENDING", "DELIVERED", "GAVE_UP"]
     delivery_attempts: int
     response_status: int | None = None
+
+
+# --- ack listener (workflows/ack_listener.py) ------------------------------------
+
+
+class EnsureListenerInput(_Contract):
+    """Start the connection's ack listener unless it runs (the export's task queue)."""
+
+    erp_connection_id: UUID
+    task_queue: str
+
+
+class ListenerRef(_Contract):
+    workflow_id: str
+    # False: this worker keeps new exports on the per-export poll (AckListenerActivities(enabled=False)).
+    enabled: bool = True
+
+
+class AckHandover(_Contract):
+    """An ERP answer, already recorded in the ledger, handed to the export's run (the ``hand_over_ack`` Update)."""
+
+    ack_file: str
+    outcome: AckOutcome
+
+
+class AckAccepted(_Contract):
+    """The run took the answer (``applied``), or already had it (a handover repeated after a crash)."""
+
+    export_id: UUID
+    applied: bool
+
+
+class ListenerState(_Contract):
+    """What an operator sees of one connection's ack listener (query ``state``, ``dropzone acks listeners``)."""
+
+    erp_connection_id: UUID
+    poll_interval_seconds: int = 0
+    listings: int = 0
+    last_listing_at: datetime | None = None
+    last_listing_files: int = 0
+    files_seen: int = 0
+    handed_over: int = 0
+    recorded_without_run: int = 0  # the run had closed or moved on: the ledger holds the answer
+    rejected: int = 0
+    stale_tmp_removed: int = 0
+    last_tmp_sweep_at: datetime | None = None
+    last_error: ErrorInfo | None = None
+    last_error_at: datetime | None = None
+    runs: int = 1  # 1 + continue-as-new so far
+
+
+class ListenerInput(_Contract):
+    """Input of ``AckListenerWorkflow``: the connection, and the state carried over a continue-as-new."""
+
+    erp_connection_id: UUID
+    state: ListenerState | None = None
+
+
+class ScanInput(_Contract):
+    erp_connection_id: UUID
+    sweep_stale_tmps: bool = False
+
+
+class ScanResult(_Contract):
+    """One listing of ``ack_path`` and what came of it (counts of this listing only)."""
+
+    poll_interval_seconds: int
+    listed_at: datetime
+    files: int = 0
+    handed_over: int = 0
+    recorded_without_run: int = 0
+    rejected: int = 0
+    stale_tmp_removed: int = 0
+    swept_tmps: bool = False
+    # The dropzone could not be listed (auth, permission, network, no ack_path): why.
+    error: ErrorInfo | None = None

@@ -76,7 +76,7 @@ async def test_ack_that_arrives_before_sent_is_recorded_once(
     # One delivery, one successful poll: the early ack changed nothing else.
     history = await export_handle(client, draft["draft_order_id"]).fetch_history()
     completed = [e for e in history.events if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED]
-    assert len(completed) == 4  # open_attempt, render_and_store, deliver, poll_ack
+    assert len(completed) == 4  # open_attempt, render_and_store, deliver, ensure_ack_listener
 
 
 def test_duplicate_ack_changes_nothing_and_is_shown(adapters, acks: AckActivities, ledger, fs_target):

@@ -22,6 +22,8 @@ from tests.helpers import (
     wait_for_state,
     write_ack_atomically,
 )
+from workflows import policies
+from workflows.ack_listener import AckListenerWorkflow
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -191,9 +193,13 @@ async def test_ack_wait_adds_no_history_per_poll(client: Client, run_worker, fs_
         await asyncio.sleep(3.5)  # several 1-second polls
         after = len((await handle.fetch_history()).events)
         desc = await handle.describe()
+        listener = await client.get_workflow_handle(policies.listener_id_for(target.connection_id)).query(
+            AckListenerWorkflow.state
+        )
     assert after == before
-    attempts = [a.attempt for a in desc.raw_description.pending_activities]
-    assert attempts and attempts[0] >= 3
+    # Not even an activity of its own: the connection's ack listener looks, once per interval.
+    assert list(desc.raw_description.pending_activities) == []
+    assert listener.listings >= 3 and listener.last_error is None
 
 
 async def test_activity_types_in_history(client: Client, run_worker, target_without_acks):

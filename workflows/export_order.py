@@ -19,12 +19,17 @@ Status callbacks (``workflows/webhook_queue.py``): when the connection names a
 webhook, every transition (SENT, ACKED, FAILED, a retry starting) is queued and
 sent in order in the background; the run waits for the queue before it closes.
 Guarded by ``workflow.patched(WEBHOOK_PATCH)``.
+
+The ack wait: new runs wait for their connection's ack listener to hand the
+ERP's answer over (``workflows/ack_wait.py``, ``workflow.patched(ACK_LISTENER_PATCH)``);
+runs that were already waiting keep their per-export poll (``poll_ack``).
 """
 
 from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
+from uuid import UUID
 
 from temporalio import workflow
 from temporalio.exceptions import (
@@ -63,10 +68,11 @@ with workflow.unsafe.imports_passed_through():
     # so that one worker process (the chaos suite's) can shorten its timeouts.
     from workflows import policies
 
-from workflows.retry_wait import LATE_ACK_PATCH, RetryWait, error_info_from
+from workflows.ack_wait import ACK_LISTENER_PATCH, ListenerWait
+from workflows.retry_wait import LATE_ACK_PATCH, error_info_from
 from workflows.webhook_queue import WEBHOOK_PATCH, WebhookQueue
 
-__all__ = ["LATE_ACK_PATCH", "RETRY_REJECTED", "WEBHOOK_PATCH", "ExportOrderWorkflow", "error_info_from"]
+__all__ = ["ACK_LISTENER_PATCH", "LATE_ACK_PATCH", "RETRY_REJECTED", "WEBHOOK_PATCH", "ExportOrderWorkflow", "error_info_from"]
 
 # Error type of a refused ``retry_export`` Update (the validator's, or the run's
 # when it closed before the accepted retry could start).
@@ -74,7 +80,7 @@ RETRY_REJECTED = "RETRY_REJECTED"
 
 
 @workflow.defn(name=policies.WORKFLOW_TYPE)
-class ExportOrderWorkflow(RetryWait):
+class ExportOrderWorkflow(ListenerWait):
     def __init__(self) -> None:
         self._request: ExportRequest | None = None
         self._summary: DraftSummary | None = None
@@ -91,6 +97,9 @@ class ExportOrderWorkflow(RetryWait):
         self._attempt_seq = 0
         self._closing = False
         self._webhooks = WebhookQueue()
+        # Answers handed over by the ack listener, by export id; the attempt that waits for one.
+        self._handed: dict[UUID, AckOutcome] = {}
+        self._listening_to: UUID | None = None
 
     @workflow.run
     async def run(self, request: ExportRequest) -> ExportResult:
@@ -283,6 +292,10 @@ class ExportOrderWorkflow(RetryWait):
             self._emit("FAILED")
 
     async def _await_ack(self, attempt: AttemptInfo) -> AckOutcome | None:
+        if policies.ACK_LISTENER and workflow.patched(ACK_LISTENER_PATCH):
+            listener = await self._listener_ref()
+            if listener.enabled:
+                return await self._await_handed_ack(attempt, listener.workflow_id)
         self._waiting_for = "ack"
         self._details(
             f"attempt {attempt.attempt}: waiting for ack_{attempt.filename} since "

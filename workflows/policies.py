@@ -66,6 +66,11 @@ RETRY_SIGNAL_WINDOW = timedelta(days=30)
 # after the event happened; then the event is given up (recorded as GAVE_UP).
 WEBHOOK_TIMEOUT = timedelta(seconds=30)
 WEBHOOK_REQUEST_TIMEOUT_SECONDS = 10.0
+# POSTs in flight per worker process: a receiver that hangs holds at most this many
+# of the worker's activity slots (the others stay free for exports); a try beyond
+# it ends at once, without a request, and comes back after WEBHOOK_BUSY_RETRY_AFTER.
+WEBHOOK_MAX_IN_FLIGHT = 4
+WEBHOOK_BUSY_RETRY_AFTER = timedelta(seconds=1)
 WEBHOOK_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
     backoff_coefficient=2.0,
@@ -78,3 +83,29 @@ WEBHOOK_LAST_CHANCE = timedelta(seconds=30)
 
 def workflow_id_for(draft_order_id: object) -> str:
     return f"{WORKFLOW_ID_PREFIX}{draft_order_id}"
+
+
+# One ack listener per connection (workflows/ack_listener.py): its id is derived
+# from the connection id, so every export of a connection finds the same one.
+LISTENER_WORKFLOW_TYPE = "AckListenerWorkflow"
+LISTENER_ID_PREFIX = "erp-ack-listener-"
+# New exports wait for the listener's hand-over (False: the per-export poll). Read
+# only where workflow.patched(ACK_LISTENER_PATCH) decides, so a flip affects new runs.
+ACK_LISTENER = True
+# One listing of ack_path: records, hands over and moves what it found.
+LISTENER_SCAN_TIMEOUT = timedelta(minutes=10)
+LISTENER_SCAN_HEARTBEAT_TIMEOUT = timedelta(seconds=20)
+LISTENER_SCAN_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1), backoff_coefficient=2.0, maximum_interval=timedelta(seconds=10),
+    maximum_attempts=3,
+)
+# Continue-as-new once the history holds this many events (or the server suggests it).
+LISTENER_MAX_HISTORY_EVENTS = 2_000
+# Stale .tmp files: looked for at most this often (export_path is listed then).
+STALE_TMP_SWEEP_INTERVAL = timedelta(minutes=30)
+# Waiting for the listener to start (the export's one activity before its ack wait).
+ENSURE_LISTENER_TIMEOUT = timedelta(seconds=30)
+
+
+def listener_id_for(erp_connection_id: object) -> str:
+    return f"{LISTENER_ID_PREFIX}{erp_connection_id}"
