@@ -16,8 +16,9 @@ from uuid import UUID
 
 import typer
 
-from dropzone.errors import InvalidConfigError, InvalidDraftError
-from dropzone.export_v1 import validate_draft
+from dropzone.draft_files import file_size
+from dropzone.errors import InvalidConfigError
+from dropzone.export_v1 import DraftOrder
 from dropzone.ledger import ExportRecord, ExportStatus, Ledger
 from dropzone.ledger.webhooks import WebhookEvents
 from dropzone.settings import Settings, load_settings
@@ -44,13 +45,6 @@ from starter.cli.common import (
 SCAN_PAGE = 500
 
 
-def _read_draft_file(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise InvalidDraftError(f"cannot read draft file {path}: {exc.strerror}", fields=["(file)"]) from None
-
-
 def _finished(state: Any) -> bool:
     return state.status in ("ACKED", "FAILED") or (state.status == "SENT" and state.waiting_for == "nothing")
 
@@ -66,24 +60,31 @@ def export_cmd(
     json_output: bool = typer.Option(False, "--json"),
 ) -> None:
     """Start the export of one approved draft (idempotent per draft)."""
+    cid = parse_uuid(connection, "--connection")
+    settings = load_settings()
+    file_size(file, max_bytes=settings.max_draft_bytes)  # unreadable or too large: said before connecting
     from starter.api import export_status, start_export
     from worker import build_adapters, connect_client
 
-    body = _read_draft_file(file)
-    draft = validate_draft(body)
-    cid = parse_uuid(connection, "--connection")
-    settings = load_settings()
     adapters = build_adapters(settings)
     try:
-        record = adapters.ledger.get_connection(cid)
-        if record.org_id != draft.org_id:
-            raise InvalidConfigError(f"connection {cid} belongs to org {record.org_id}, the draft to org {draft.org_id}")
+
+        def check_connection(draft: DraftOrder) -> None:
+            # After validation, before anything is stored: a bad draft is named first.
+            record = adapters.ledger.get_connection(cid)
+            if record.org_id != draft.org_id:
+                raise InvalidConfigError(
+                    f"connection {cid} belongs to org {record.org_id}, the draft to org {draft.org_id}"
+                )
 
         async def go() -> Any:
             client = await connect_client(settings)
+            # The path, not its bytes: a large draft is validated by streaming from the file
+            # and uploaded from it, never parsed whole here (starter/draft_intake.py).
             started = await start_export(
-                client, erp_connection_id=cid, draft=body, store=adapters.store, force=force,
+                client, erp_connection_id=cid, draft=file, store=adapters.store, force=force,
                 task_queue=settings.task_queue, inline_limit_bytes=settings.inline_draft_limit_bytes,
+                max_draft_bytes=settings.max_draft_bytes, check_draft=check_connection,
             )
             if not json_output:
                 verb = "started" if started.started_new else "already exists:"
@@ -92,7 +93,7 @@ def export_cmd(
                 return None
             deadline = time.monotonic() + timeout
             while True:
-                state = await export_status(client, draft.draft_order_id)
+                state = await export_status(client, started.draft_order_id)
                 if _finished(state) or time.monotonic() > deadline:
                     return state
                 await asyncio.sleep(0.5)
