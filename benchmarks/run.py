@@ -27,6 +27,7 @@ from pathlib import Path
 
 from benchmarks.bench_api import api_rows
 from benchmarks.bench_codec import codec_rows
+from benchmarks.bench_doors import door_rows
 from benchmarks.bench_e2e import E2EConfig, e2e_rows
 from benchmarks.bench_large import large_export_rows
 from benchmarks.bench_render import render_500_row, render_large_row
@@ -45,6 +46,8 @@ class Plan:
     render_calls: int
     large_lines: int
     large_runs: int
+    door_lines: int  # the seed-scale draft through every door (benchmarks/bench_doors.py)
+    door_runs: int
     s3_mb: list[int]
     sftp_mb: list[int]
     api_pushes: int
@@ -56,6 +59,8 @@ FULL = Plan(
     render_calls=200,
     large_lines=300_000,
     large_runs=5,
+    door_lines=600_000,
+    door_runs=3,
     s3_mb=[100],
     sftp_mb=[10, 100],
     api_pushes=300,
@@ -66,6 +71,8 @@ SMOKE = Plan(
     render_calls=20,
     large_lines=20_000,
     large_runs=1,
+    door_lines=5_000,
+    door_runs=1,
     s3_mb=[20],
     sftp_mb=[2],
     api_pushes=10,
@@ -176,6 +183,7 @@ def run(plan: Plan, smoke: bool) -> str:
         rows += s3_rows(s, plan.s3_mb, plan.runs, min_ratio=0.75)
         rows += sftp_rows(s, plan.sftp_mb, plan.runs, targets={10: 0.70, 100: 0.75})
         rows += large_export_rows(s, plan.large_lines, plan.large_runs)
+        rows += asyncio.run(door_rows(s, plan.door_lines, plan.door_runs))
         e2e = asyncio.run(e2e_rows(s, plan.e2e))
         rows += e2e.rows
         rows += asyncio.run(codec_rows(s, plan.e2e))
