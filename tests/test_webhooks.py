@@ -73,6 +73,9 @@ class Request:
 class Receiver:
     def __init__(self, status: int = 204) -> None:
         self.status = status
+        # While cleared, every request hangs (until set, or two minutes).
+        self.answering = threading.Event()
+        self.answering.set()
         self.port = free_port()
         self.requests: list[Request] = []
         self._lock = threading.Lock()
@@ -96,6 +99,7 @@ class Receiver:
                     receiver.requests.append(
                         Request(self.path, {k.lower(): v for k, v in self.headers.items()}, body)
                     )
+                receiver.answering.wait(120)
                 self.send_response(receiver.status)
                 self.send_header("content-length", "0")
                 self.end_headers()
@@ -283,3 +287,39 @@ async def test_a_receiver_answering_500_forever_does_not_keep_the_export_from_ac
     assert [(r.event_type, str(r.status)) for r in recorded] == [("export.sent", "GAVE_UP"), ("export.acked", "GAVE_UP")]
     assert all(r.response_status == 500 and "answered HTTP 500" in (r.last_error or "") for r in recorded)
     assert recorded[0].delivery_attempts == ids.count(sent_id)
+
+
+async def test_a_hanging_receiver_leaves_the_activity_slots_to_the_exports(
+    client: Client, run_worker, target_without_acks, ledger, fast_webhooks, monkeypatch
+):
+    """Two activity slots, a receiver that never answers (our request timeout: a minute):
+    at most one slot waits for it (WEBHOOK_MAX_IN_FLIGHT=1), so all exports are delivered."""
+    monkeypatch.setattr(policies, "WEBHOOK_REQUEST_TIMEOUT_SECONDS", 60.0)
+    monkeypatch.setattr(policies, "WEBHOOK_MAX_IN_FLIGHT", 1)
+    target = target_without_acks
+    receiver = Receiver(status=204).start()
+    receiver.answering.clear()
+    with_webhook(ledger, target, receiver.url)
+    drafts = [make_draft(org_id=target.org_id) for _ in range(3)]
+    try:
+        async with run_worker(client, max_concurrent_activities=2) as queue:
+            started = time.monotonic()
+            for draft in drafts:
+                await start_export(client, erp_connection_id=target.connection_id, draft=draft, task_queue=queue)
+            for draft in drafts:
+                await wait_for_state(client, draft["draft_order_id"], lambda s: s.status == "SENT", timeout=WAIT)
+            all_sent_after = time.monotonic() - started
+            assert receiver.received(), "the receiver was never called"
+            receiver.answering.set()
+            results = await asyncio.gather(
+                *(asyncio.wait_for(export_handle(client, d["draft_order_id"]).result(), WAIT) for d in drafts)
+            )
+    finally:
+        receiver.answering.set()
+        receiver.stop()
+    # Well before a hung request could have given a slot back.
+    assert all_sent_after < 45, all_sent_after
+    assert [r.status for r in results] == ["SENT"] * 3
+    for draft in drafts:
+        recorded = WebhookEvents(ledger).for_draft(uuid.UUID(draft["draft_order_id"]))
+        assert [(r.event_type, str(r.status)) for r in recorded] == [("export.sent", "DELIVERED")]
