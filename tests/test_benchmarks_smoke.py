@@ -24,6 +24,8 @@ EXPECTED_ROWS = [
     "Ack file → ACKED in the ledger, poll interval 1 s",
     "Burst of 10 exports, payload encryption on vs off",
     "One export alone, p50 start → result, payload encryption on vs off",
+    "Burst of 10 exports with a webhook receiver: exports delivered",
+    "Burst of 10 exports with a webhook receiver: callbacks delivered too",
 ]
 
 
