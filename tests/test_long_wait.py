@@ -1,10 +1,10 @@
 """Long waits (issue 5, item 8) on the time-skipping server: days pass in seconds.
 
-A run that waits 30 days for an ack keeps its history small (the ack wait and
-the late-ack poll are activity retries, no events per poll), ends FAILED with
-ACK_TIMEOUT, and an ack that comes after that is recorded, not lost: by the
-run's own late-ack poll while it waits for a retry signal, or by the sweep of
-another export's poll once nobody polls for it any more.
+A run that waits 30 days for an ack keeps its history small (it waits on a
+timer; its connection's ack listener looks into ack_path, and continues as new
+on the way), ends FAILED with ACK_TIMEOUT, and an ack that comes after that is
+recorded, not lost: handed to the run while it waits for a retry signal, or
+recorded by the listener once the run has moved on or closed.
 
 Real worker, PostgreSQL ledger, SeaweedFS and a filesystem dropzone; only
 Temporal's clock is skipped. Ack files are written the way an ERP writes them
@@ -39,6 +39,7 @@ from tests.conftest import Target
 from tests.fixtures.temporal import TEST_DATA_CONVERTER
 from tests.helpers import ack_body, error_body, make_draft, wait_for_state, write_ack_atomically
 from workflows import policies
+from workflows.ack_listener import AckListenerWorkflow
 from workflows.export_order import ExportOrderWorkflow
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -175,6 +176,9 @@ async def test_thirty_day_ack_wait_ends_ack_timeout_and_a_late_ack_is_recorded(
             await env.sleep(timedelta(seconds=2 * poll_seconds))
             result = await asyncio.wait_for(export_handle(client, did).result(), 60)
             history = await export_handle(client, did).fetch_history()
+            listener = await client.get_workflow_handle(policies.listener_id_for(target.connection_id)).query(
+                AckListenerWorkflow.state
+            )
     report = observer.report
 
     assert waited >= ack_timeout
@@ -191,9 +195,10 @@ async def test_thirty_day_ack_wait_ends_ack_timeout_and_a_late_ack_is_recorded(
     events = len(history.events)
     polls = poll_activities(history)
     assert events < MAX_HISTORY_EVENTS
-    assert len(polls) == 2  # the ack wait, then the late-ack poll
-    ack_wait_polls = polls[0][1]
+    assert polls == []  # no poll of its own: the connection's listener looked for it
+    ack_wait_polls = listener.listings
     assert ack_wait_polls >= ack_timeout.total_seconds() // poll_seconds - 1
+    assert listener.runs >= 2 and listener.handed_over == 1  # continued as new on the way, counters kept
     assert events < 100
     await replays(history)
 
@@ -258,7 +263,7 @@ async def test_late_error_keeps_it_failed_with_the_erps_error_and_a_retry_still_
     assert [(r.attempt, r.status) for r in rows] == [(1, "FAILED"), (2, "ACKED")]
     assert rows[0].error_json["code"] == "INVALID_CUSTOMER"
     polls = poll_activities(history)
-    assert len(polls) == 3 and not cancel_requested(history)  # ack wait, late poll (answered), attempt 2
+    assert polls == [] and not cancel_requested(history)  # both waits were timers
     await replays(history)
     assert report.partial == []
     exports = len(list(target.export_dir.glob(f"sales_order_{did[:8]}_*.json")))
@@ -287,7 +292,7 @@ async def test_retry_cancels_the_late_poll_and_the_sweep_records_the_old_attempt
 
             await retry_export(client, did, reason="operator did not wait")
             second = await wait_for_state(client, did, lambda s: s.attempt == 2 and s.waiting_for == "ack")
-            # Attempt 1's ack comes now: nobody polls for it; attempt 2's poll sweeps it.
+            # Attempt 1's ack comes now: the run waits for attempt 2's; the listener records it.
             write_old_ack(target.ack_dir, f"ack_{first.filename}", ack_body("SO-FIRST-LATE"))
             row = await ledger_row(ledger, first.export_id, lambda r: r.status == "ACKED")
             assert (target.ack_dir / "processed" / f"ack_{first.filename}").is_file()
@@ -300,9 +305,8 @@ async def test_retry_cancels_the_late_poll_and_the_sweep_records_the_old_attempt
     assert row.erp_order_id == "SO-FIRST-LATE" and row.error_json["late_ack"] is True
     assert row.error_json["code"] == "ACK_TIMEOUT"
     assert result.status == "ACKED" and result.attempt == 2 and result.erp_order_id == "SO-SECOND"
-    polls = poll_activities(history)
-    assert len(polls) == 3  # ack wait 1, late poll 1 (cancelled by the retry), ack wait 2
-    assert cancel_requested(history) == {polls[1][0]}
+    # Timers only: nothing to cancel when the retry came.
+    assert poll_activities(history) == [] and not cancel_requested(history)
     assert ledger.list_ack_rejections(connection_id=target.connection_id) == []
     await replays(history)
     assert report.partial == []
@@ -336,8 +340,8 @@ async def test_sweep_records_a_late_ack_after_the_run_has_closed(time_skipping_e
             gave_up = await asyncio.wait_for(export_handle(client, closed["draft_order_id"]).result(), 60)
             assert gave_up.status == "FAILED" and gave_up.error is not None and gave_up.error.code == "ACK_TIMEOUT"
 
-            # The run is closed; the ERP's ack comes anyway. Another export on the
-            # same connection polls, and its sweep records the late ack.
+            # The run is closed; the ERP's ack comes anyway. The connection's
+            # listener records the late ack (another export on it keeps it busy).
             write_old_ack(target.ack_dir, f"ack_{first.filename}", ack_body("SO-SWEPT"))
             await start_export(client, erp_connection_id=target.connection_id, draft=other, task_queue=queue)
             await wait_for_state(client, other["draft_order_id"], lambda s: s.waiting_for == "ack")

@@ -7,6 +7,8 @@
     mid_upload          part of the export is in the dropzone's ``.tmp`` file
     after_rename        the final file is visible; the ledger does not say SENT
     after_ack_recorded  the row is ACKED; the ack file has not been moved yet
+    before_ack_moved    the answer is recorded and handed to the export's run
+                        (by the ack listener); its file is still in ack_path
 
 The plan (``CHAOS_PLAN``, JSON) says how many kills each point gets and the
 chance that a passing call takes one; a kill is claimed by creating a marker
@@ -31,9 +33,10 @@ from pathlib import Path
 from typing import Any
 
 import worker
+from dropzone.transports.base import FileDropzoneBase
 from workflows import policies
 
-POINTS = ("after_s3_put", "mid_upload", "after_rename", "after_ack_recorded")
+POINTS = ("after_s3_put", "mid_upload", "after_rename", "after_ack_recorded", "before_ack_moved")
 # Small pieces, so that a kill after the first one leaves a partial .tmp behind.
 UPLOAD_PIECE = 16 * 1024
 # Long enough for paramiko's pipelined write of the first piece to reach the server.
@@ -160,6 +163,14 @@ def main() -> None:
         return faulty
 
     worker.build_adapters = build_faulty  # type: ignore[assignment]
+    real_move = FileDropzoneBase.move_ack
+
+    def move_or_die(self: FileDropzoneBase, name: str, folder: Any) -> str:
+        if folder == "processed":
+            plan.maybe_die("before_ack_moved", name)
+        return real_move(self, name, folder)
+
+    FileDropzoneBase.move_ack = move_or_die  # type: ignore[method-assign]
     worker.main()
 
 
