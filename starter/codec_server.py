@@ -121,13 +121,23 @@ def app_from_settings(settings: Settings) -> FastAPI:
 
 async def serve(settings: Settings, *, host: str, port: int) -> None:
     """Run until SIGINT/SIGTERM (uvicorn's own handlers)."""
+    import socket
+
     import uvicorn
 
     check_bind(host, settings)
     app = app_from_settings(settings)  # bad keys fail here, before the port opens
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                            server_header=False, date_header=False)
-    server = uvicorn.Server(config)
-    await server.serve()
-    if not server.started:
-        raise InvalidConfigError(f"the codec server could not listen on {host}:{port} (DROPZONE_CODEC_HOST/DROPZONE_CODEC_PORT)")
+    # Bound here, so that a port in use is one line of ours, not uvicorn's exit.
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host.strip("[]"), port))
+    except OSError as exc:
+        sock.close()
+        raise InvalidConfigError(
+            f"the codec server cannot listen on {host}:{port} ({exc.strerror}; "
+            "DROPZONE_CODEC_HOST/DROPZONE_CODEC_PORT or --host/--port)"
+        ) from None
+    config = uvicorn.Config(app, log_level="warning", access_log=False, server_header=False, date_header=False)
+    await uvicorn.Server(config).serve(sockets=[sock])

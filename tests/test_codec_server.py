@@ -175,3 +175,16 @@ def test_payload_keygen_prints_a_usable_key():
     assert result.returncode == 0, result.stderr
     [key] = parse_keys(result.stdout.strip())
     assert key.key_id == "prod-2026" and len(key.secret) == 32
+
+
+def test_a_port_in_use_is_one_line():
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli("codec-server", "--port", str(port), DROPZONE_PAYLOAD_KEYS=TEST_PAYLOAD_KEYS)
+    assert result.returncode == 2
+    assert f"error: the codec server cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
