@@ -1,4 +1,5 @@
-"""`dropzone acks …`: ack files that were rejected (malformed, unknown export, contradictory)."""
+"""`dropzone acks …`: ack files that were rejected (malformed, unknown export, contradictory),
+and the ack listeners that look for them (one per connection, workflows/ack_listener.py)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,14 @@ from dropzone.errors import InvalidConfigError
 from dropzone.settings import load_settings
 from starter.cli.common import (
     app,
+    format_time,
     handle_errors,
     open_ledger,
     out,
     parse_uuid,
     print_json,
     print_table,
+    run,
 )
 
 acks_app = typer.Typer(help="Ack files written by the ERP.", no_args_is_help=True)
@@ -77,4 +80,62 @@ def acks_rejected(
             ]
             for row in rows
         ],
+    )
+
+
+@acks_app.command("listeners")
+@handle_errors
+def acks_listeners(
+    connection: str | None = typer.Option(None, "--connection", help="Only this ERP connection (UUID)."),
+    json_output: bool = typer.Option(False, "--json"),
+) -> None:
+    """The running ack listeners: last listing, files seen, handed over, rejected, stale .tmp removed, last error."""
+    from dropzone.contracts import ListenerState
+    from workflows import policies
+    from worker import connect_client
+
+    connection_id = parse_uuid(connection, "--connection") if connection else None
+
+    async def go() -> list[ListenerState]:
+        client = await connect_client(load_settings())
+        if connection_id is not None:
+            ids = [policies.listener_id_for(connection_id)]
+        else:
+            query = f"WorkflowType = '{policies.LISTENER_WORKFLOW_TYPE}' AND ExecutionStatus = 'Running'"
+            ids = sorted({execution.id async for execution in client.list_workflows(query)})
+        states = []
+        for workflow_id in ids:
+            try:
+                states.append(await client.get_workflow_handle(workflow_id).query("state", result_type=ListenerState))
+            except Exception as exc:  # not running (yet), or its worker is away
+                if connection_id is not None:
+                    raise InvalidConfigError(f"no ack listener answers for connection {connection_id}: {type(exc).__name__}") from None
+        return states
+
+    states = run(go())
+    if json_output:
+        print_json([state.model_dump(mode="json") for state in states])
+        return
+    if not states:
+        out.print("no ack listener is running", highlight=False)
+        return
+    print_table(
+        ["connection", "every", "last listing (UTC)", "files", "seen", "handed over", "closed runs", "rejected",
+         "stale .tmp removed", "last error"],
+        [
+            [
+                str(s.erp_connection_id),
+                f"{s.poll_interval_seconds} s",
+                format_time(s.last_listing_at) or "never",
+                str(s.last_listing_files),
+                str(s.files_seen),
+                str(s.handed_over),
+                str(s.recorded_without_run),
+                str(s.rejected),
+                str(s.stale_tmp_removed),
+                f"{s.last_error.code}: {s.last_error.message} ({format_time(s.last_error_at)})" if s.last_error else "",
+            ]
+            for s in states
+        ],
+        markup=False,  # error messages quote the dropzone
     )
