@@ -169,6 +169,8 @@ class ExportOrderWorkflow(ListenerWait):
     def _why_not_retryable(self) -> str | None:
         if self._cancel_requested:
             return "the export was cancelled"
+        if self._closing:  # the retry window ran out; only status callbacks are left to send
+            return f"the export's run is closing ({self._status}): export the draft again to send it"
         if self._retry_requested:
             return "the export is being retried already (a retry was requested and is starting)"
         if self._status == "ACKED":
