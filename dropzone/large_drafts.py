@@ -23,6 +23,7 @@ from __future__ import annotations
 import mmap
 import re
 import typing
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -156,17 +157,29 @@ def check_lines(start: int, raw_lines: list[msgspec.Raw]) -> tuple[list[DraftLin
 
 
 class _LineChecker:
-    """Validates batches of raw lines, tracking line numbers across batches."""
+    """Validates batches of raw lines, tracking line numbers across batches.
+
+    While every line is valid and the numbers only go up (what backends send),
+    no number can repeat and each is kept as 8 bytes in an array; the index of
+    first uses (a dict, ~100 bytes per line) is built only when that stops.
+    """
 
     def __init__(self) -> None:
         self.problems: Problems = []  # per-line problems, in document order
         self.duplicates: Problems = []
+        self._rising: array[int] | None = array("q")  # None once _first_index is in use
         self._first_index: dict[int, int] = {}
+
+    def _index(self) -> dict[int, int]:
+        if self._rising is not None:  # lines[i] has number rising[i], all distinct
+            self._first_index = {number: index for index, number in enumerate(self._rising)}
+            self._rising = None
+        return self._first_index
 
     def _number(self, index: int, number: Any) -> None:
         if not isinstance(number, int) or isinstance(number, bool):
             return
-        first = self._first_index.setdefault(number, index)
+        first = self._index().setdefault(number, index)
         if first != index:
             self.duplicates.append(duplicate_line_no_problem(index, first))
 
@@ -175,6 +188,7 @@ class _LineChecker:
         lines, problems = check_lines(start, raw_lines)
         if lines is None:
             self.problems += problems
+            self._index()  # from here on lines and numbers need not pair up
             for offset, raw in enumerate(raw_lines):  # cold path: numbers of the raw lines
                 try:
                     item = _ANY.decode(raw)
@@ -184,8 +198,10 @@ class _LineChecker:
                     self._number(start + offset, item.get("line_no"))
             return None
         numbers = [line.line_no for line in lines]
-        if len(set(numbers)) == len(numbers) and self._first_index.keys().isdisjoint(numbers):
-            # The common case, at C speed: no number seen before, none repeated.
+        rising = self._rising
+        if rising is not None and (not rising or rising[-1] < numbers[0]) and all(map(int.__lt__, numbers, numbers[1:])):
+            rising.extend(numbers)  # the common case: above every number so far, so none repeats
+        elif len(set(numbers)) == len(numbers) and self._index().keys().isdisjoint(numbers):
             self._first_index.update(zip(numbers, range(start, start + len(numbers))))
         else:
             for offset, number in enumerate(numbers):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import json
 import os
 import sys
 import tempfile
@@ -26,10 +27,9 @@ from dropzone.errors import InvalidDraftError
 from dropzone.large_drafts import stream_validated_export
 from starter.api import start_export
 from starter.erp_sim import FilesystemErpSimulator
-from tests.helpers import wait_for_state
+from tests.helpers import make_draft, wait_for_state
+from tests.test_large_draft import inline_outcome, streamed_outcome
 from workflows.policies import workflow_id_for
-
-pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 REPO = Path(__file__).resolve().parents[1]
 DROPZONE = [sys.executable, "-m", "starter.cli"]
@@ -78,6 +78,7 @@ def spooled_leftovers() -> set[str]:
     return {name for name in os.listdir(tempfile.gettempdir()) if name.startswith("dropzone-draft-")}
 
 
+@pytest.mark.asyncio(loop_scope="session")
 async def test_cli_exports_a_large_draft_by_reference_in_bounded_memory(  # type: ignore[no-untyped-def]
     dropzone_env, client, run_worker, fs_target, ledger, object_store, seaweedfs, tmp_path
 ) -> None:
@@ -115,6 +116,7 @@ async def test_cli_exports_a_large_draft_by_reference_in_bounded_memory(  # type
     assert stored == large.path.read_bytes()
 
 
+@pytest.mark.asyncio(loop_scope="session")
 async def test_bad_large_drafts_fail_at_the_doors_naming_the_place_with_nothing_written(  # type: ignore[no-untyped-def]
     dropzone_env, client, fs_target, ledger, object_store, seaweedfs, tmp_path
 ) -> None:
@@ -150,6 +152,7 @@ async def test_bad_large_drafts_fail_at_the_doors_naming_the_place_with_nothing_
     await assert_no_workflow(client, bad.draft_order_id)
 
 
+@pytest.mark.asyncio(loop_scope="session")
 async def test_start_export_takes_a_path_a_file_and_a_stream(  # type: ignore[no-untyped-def]
     client, run_worker, fs_target, ledger, object_store, tmp_path
 ) -> None:
@@ -174,6 +177,7 @@ async def test_start_export_takes_a_path_a_file_and_a_stream(  # type: ignore[no
     assert spooled_leftovers() == set()
 
 
+@pytest.mark.asyncio(loop_scope="session")
 async def test_bad_large_streams_fail_before_anything_is_written(  # type: ignore[no-untyped-def]
     client, fs_target, ledger, object_store, seaweedfs, tmp_path
 ) -> None:
@@ -210,3 +214,26 @@ async def test_bad_large_streams_fail_before_anything_is_written(  # type: ignor
     assert ledger.list_exports(draft_order_id=uuid.UUID(bad.draft_order_id)) == []
     assert draft_objects(seaweedfs, bad.org_id) == []
     await assert_no_workflow(client, bad.draft_order_id)
+
+
+@pytest.mark.parametrize("batch_lines", [1, 3, 100])
+@pytest.mark.parametrize("case", ["falling", "duplicate late", "non-object then duplicate", "rising with a gap"])
+def test_line_numbers_are_checked_alike_on_every_path(case: str, batch_lines: int) -> None:
+    # The batched path keeps rising numbers in an array and builds its index of first uses
+    # only when they stop rising: every way of leaving that fast path names what validate_draft names.
+    draft = make_draft(org_id=uuid.uuid4(), lines=30)
+    lines = draft["lines"]
+    if case == "falling":
+        lines.reverse()
+        lines[29]["line_no"] = 30
+    elif case == "duplicate late":
+        lines[25]["line_no"] = 3
+    elif case == "non-object then duplicate":
+        lines[2] = 5
+        lines[20]["line_no"] = 5
+    else:
+        lines[10]["line_no"] = 100
+        lines[28]["line_no"] = 100
+    raw = json.dumps(draft).encode()
+    assert streamed_outcome(raw, batch_lines) == inline_outcome(raw)
+    assert inline_outcome(raw)[0] == "invalid"
