@@ -32,6 +32,9 @@ from benchmarks.bench_e2e import E2EConfig, e2e_rows
 from benchmarks.bench_large import large_export_rows
 from benchmarks.bench_render import render_500_row, render_large_row
 from benchmarks.bench_transfer import s3_rows, sftp_rows
+from benchmarks.bench_waiting import FULL as WAITING_FULL
+from benchmarks.bench_waiting import SMOKE as WAITING_SMOKE
+from benchmarks.bench_waiting import WaitingConfig, waiting_rows
 from benchmarks.bench_webhooks import WebhookBenchConfig, webhook_rows
 from benchmarks.measure import Row, Sample
 from benchmarks.stack import stack
@@ -54,6 +57,7 @@ class Plan:
     api_pushes: int
     e2e: E2EConfig
     webhooks: WebhookBenchConfig
+    waiting: WaitingConfig
 
 
 FULL = Plan(
@@ -68,6 +72,7 @@ FULL = Plan(
     api_pushes=300,
     e2e=E2EConfig(burst=300, runs=5, single_runs=15, worker_counts=[1, 2, 4], ack_runs=10, ack_intervals=[1, 5]),
     webhooks=WebhookBenchConfig(burst=300, runs=5),
+    waiting=WAITING_FULL,
 )
 SMOKE = Plan(
     runs=1,
@@ -81,6 +86,7 @@ SMOKE = Plan(
     api_pushes=10,
     e2e=E2EConfig(burst=10, runs=1, single_runs=1, worker_counts=[1], ack_runs=1, ack_intervals=[1]),
     webhooks=WebhookBenchConfig(burst=10, runs=1),
+    waiting=WAITING_SMOKE,
 )
 
 
@@ -193,6 +199,7 @@ def run(plan: Plan, smoke: bool) -> str:
         rows += asyncio.run(codec_rows(s, plan.e2e))
         rows += asyncio.run(api_rows(s, plan.api_pushes, min(plan.runs, 5)))
         rows += asyncio.run(webhook_rows(s, plan.webhooks))
+        rows += asyncio.run(waiting_rows(s, plan.waiting))
         scaling, cpu_ms = e2e.scaling, e2e.cpu_ms
     external = external_benchmarks(smoke)
     minutes = (time.monotonic() - t0) / 60

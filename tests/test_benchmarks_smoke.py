@@ -26,6 +26,9 @@ EXPECTED_ROWS = [
     "One export alone, p50 start → result, payload encryption on vs off",
     "Burst of 10 exports with a webhook receiver: exports delivered",
     "Burst of 10 exports with a webhook receiver: callbacks delivered too",
+    "Waiting cost, 10 exports waiting (poll 5 s, 1 worker), CPU ms/s",
+    "Waiting cost, 30 exports waiting (poll 5 s, 1 worker), CPU ms/s",
+    "Ack file → ACKED (workflow result) with 30 waiting, poll 5 s",
 ]
 
 
