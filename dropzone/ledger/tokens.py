@@ -1,4 +1,5 @@
-"""API tokens (table ``api_token``): one organisation each, only their sha256 stored.
+"""API tokens (table ``api_token``): one organisation each, only their sha256 stored;
+and the two ownership look-ups the HTTP API makes on every push (connection, draft).
 
 A token is ``dzt_`` plus 32 random bytes (URL-safe base64). It is shown once, when
 created; the table keeps its sha256, so a database dump gives nobody a working
@@ -20,12 +21,14 @@ from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from dropzone.errors import InvalidConfigError, PermanentError
-from dropzone.ledger.models import ApiToken, UtcDatetime, _Record
+from dropzone.ledger.models import ApiToken, ErpConnection, ErpExport, UtcDatetime, _Record
 from dropzone.ledger.repository import translate_db_errors
 
 TOKEN_PREFIX = "dzt_"
 TOKEN_BYTES = 32
 MAX_NAME_CHARS = 200
+# Connections whose organisation a process remembers (an org never changes; rows are never deleted).
+CONNECTION_CACHE_SIZE = 10_000
 
 
 class TokenNotFoundError(PermanentError):
@@ -46,6 +49,9 @@ class ApiTokenRecord(_Record):
         return self.revoked_at is None
 
 
+_RECORD_COLUMNS = (ApiToken.id, ApiToken.org_id, ApiToken.name, ApiToken.created_at, ApiToken.revoked_at)
+
+
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
@@ -60,6 +66,7 @@ class ApiTokens:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self._connection_orgs: dict[UUID, UUID] = {}
 
     @contextmanager
     def _transaction(self) -> Iterator[Session]:
@@ -81,13 +88,37 @@ class ApiTokens:
             return token, ApiTokenRecord.model_validate(row)
 
     def authenticate(self, token: str) -> ApiTokenRecord | None:
-        """The active token with this value, or None (unknown, malformed or revoked)."""
+        """The active token with this value, or None (unknown, malformed or revoked).
+
+        Asked on every request, so a plain SELECT of the columns, no ORM entity.
+        """
         if not token.startswith(TOKEN_PREFIX) or len(token) > 200:
             return None
-        query = select(ApiToken).where(ApiToken.token_hash == hash_token(token), ApiToken.revoked_at.is_(None))
-        with self._transaction() as session:
-            row = session.scalar(query)
-            return ApiTokenRecord.model_validate(row) if row is not None else None
+        query = select(*_RECORD_COLUMNS).where(
+            ApiToken.token_hash == hash_token(token), ApiToken.revoked_at.is_(None)
+        )
+        with translate_db_errors(self._engine.url), self._engine.connect() as conn:
+            row = conn.execute(query).mappings().first()
+        return ApiTokenRecord.model_validate(dict(row)) if row is not None else None
+
+    def connection_org(self, connection_id: UUID) -> UUID | None:
+        """The organisation of a connection (None: no such connection), remembered: it never changes."""
+        org = self._connection_orgs.get(connection_id)
+        if org is None:
+            query = select(ErpConnection.org_id).where(ErpConnection.id == connection_id)
+            with translate_db_errors(self._engine.url), self._engine.connect() as conn:
+                org = conn.execute(query).scalar()
+            if org is not None:
+                if len(self._connection_orgs) >= CONNECTION_CACHE_SIZE:
+                    self._connection_orgs.clear()
+                self._connection_orgs[connection_id] = org
+        return org
+
+    def draft_org(self, draft_order_id: UUID) -> UUID | None:
+        """The organisation whose export attempts use this draft id, if any has one."""
+        query = select(ErpExport.org_id).where(ErpExport.draft_order_id == draft_order_id).limit(1)
+        with translate_db_errors(self._engine.url), self._engine.connect() as conn:
+            return conn.execute(query).scalar()
 
     def list(self, org_id: UUID | None = None, *, include_revoked: bool = False) -> list[ApiTokenRecord]:
         query = select(ApiToken).order_by(ApiToken.created_at, ApiToken.id)

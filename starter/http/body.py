@@ -48,7 +48,12 @@ class BodyTooLarge(ProblemError):
 
 
 class BodyLimit:
-    """ASGI middleware: ``limit_for(path)`` bytes at most per request body."""
+    """ASGI middleware: ``limit_for(path)`` bytes at most per request body.
+
+    Not FastAPI's ``max_body_size``: that one answers a body whose declared
+    ``Content-Length`` is too large with a ``text/plain`` 413 that no exception
+    handler sees, and every answer here must be a problem document.
+    """
 
     def __init__(self, app: ASGIApp, limit_for: Callable[[str], int]) -> None:
         self.app = app
@@ -77,7 +82,7 @@ class BodyLimit:
         await self.app(scope, limited_receive, send)
 
 
-def require_json(request: Request) -> None:
+async def require_json(request: Request) -> None:
     """415 unless the body is declared JSON (``application/json`` or ``application/*+json``)."""
     content_type = request.headers.get("content-type", "")
     media = content_type.split(";", 1)[0].strip().lower()

@@ -1,5 +1,8 @@
 """What the routes depend on: settings, ledger, Temporal client, object store, the caller.
 
+Every dependency is ``async def``: FastAPI runs a plain ``def`` one in a worker
+thread, and a push resolving a dozen of them paid a thread hop for each.
+
 Built once per process in the app's lifespan (``Resources``) and handed to routes
 through FastAPI dependencies, as in the FastAPI full-stack template's ``deps.py``.
 The process keeps no state of its own besides these pools: run as many API
@@ -13,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from temporalio.client import Client
 
@@ -58,23 +62,27 @@ class Resources:
         self.ledger.dispose()
 
 
-def get_resources(request: Request) -> Resources:
+async def get_resources(request: Request) -> Resources:
     return request.app.state.resources  # type: ignore[no-any-return]
 
 
 ResourcesDep = Annotated[Resources, Depends(get_resources)]
 
 
-def get_settings(resources: ResourcesDep) -> Settings:
+async def get_settings(resources: ResourcesDep) -> Settings:
     return resources.settings
 
 
-def get_ledger(resources: ResourcesDep) -> Ledger:
+async def get_ledger(resources: ResourcesDep) -> Ledger:
     return resources.ledger
 
 
-def get_store(resources: ResourcesDep) -> ObjectStore:
+async def get_store(resources: ResourcesDep) -> ObjectStore:
     return resources.store
+
+
+async def get_tokens(resources: ResourcesDep) -> ApiTokens:
+    return resources.tokens
 
 
 async def get_client(resources: ResourcesDep) -> Client:
@@ -85,6 +93,7 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 LedgerDep = Annotated[Ledger, Depends(get_ledger)]
 StoreDep = Annotated[ObjectStore, Depends(get_store)]
 ClientDep = Annotated[Client, Depends(get_client)]
+TokensDep = Annotated[ApiTokens, Depends(get_tokens)]
 
 # auto_error=False: a missing header gets our own 401 problem, not FastAPI's 403.
 _bearer = HTTPBearer(auto_error=False, description="An API token from `dropzone tokens create --org ORG`.")
@@ -96,14 +105,14 @@ def _unauthorized(detail: str) -> ProblemError:
     )
 
 
-def current_token(
+async def current_token(
     resources: ResourcesDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> ApiTokenRecord:
     """The caller's token; 401 when it is missing, unknown or revoked (never saying which)."""
     if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
         raise _unauthorized("send 'Authorization: Bearer <token>' (create one with 'dropzone tokens create --org ORG')")
-    token = resources.tokens.authenticate(credentials.credentials)
+    token = await run_in_threadpool(resources.tokens.authenticate, credentials.credentials)
     if token is None:
         raise _unauthorized("the token is unknown or has been revoked")
     return token

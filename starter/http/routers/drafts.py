@@ -23,7 +23,7 @@ from dropzone.export_v1 import DraftOrder
 from dropzone.ledger import ExportRecord, ExportStatus, Ledger
 from starter import api
 from starter.http.body import json_body, push_body, require_json, small_json
-from starter.http.deps import ClientDep, CurrentToken, LedgerDep, SettingsDep, StoreDep
+from starter.http.deps import ClientDep, CurrentToken, LedgerDep, SettingsDep, StoreDep, TokensDep
 from starter.http.problems import Problem, ProblemError, from_dropzone_error, responses
 from starter.http.schemas import (
     DraftExports,
@@ -106,26 +106,25 @@ async def push(
     ledger: LedgerDep,
     store: StoreDep,
     client: ClientDep,
+    tokens: TokensDep,
     _json: Annotated[None, Depends(require_json)],
 ) -> PushAccepted:
     async with push_body(request) as body:
         connection_id = _connection_id(body.erp_connection_id)
-        connections = await run_in_threadpool(ledger.list_connections, token.org_id)
-        connection = next((c for c in connections if c.id == connection_id), None)
-        if connection is None:
+        if await run_in_threadpool(tokens.connection_org, connection_id) != token.org_id:
             raise ProblemError(404, "not-found", "Not found", f"no connection {connection_id} in this organisation")
 
         def check(draft: DraftOrder) -> None:
             """Runs in start_export's thread once the draft is valid, before anything is stored."""
             if draft.draft_order_id != draft_order_id:
                 raise _invalid("draft.draft_order_id", f"must equal the path's draft order id {draft_order_id}")
-            if draft.org_id != connection.org_id:
+            if draft.org_id != token.org_id:
                 raise _invalid(
                     "draft.org_id", f"must be the connection's organisation (connection {connection_id} belongs "
-                    f"to org {connection.org_id}, the draft to org {draft.org_id})"
+                    f"to org {token.org_id}, the draft to org {draft.org_id})"
                 )
-            latest = ledger.latest_export(draft_order_id)
-            if latest is not None and latest.org_id != token.org_id:
+            owner = tokens.draft_org(draft_order_id)
+            if owner is not None and owner != token.org_id:
                 raise _not_found(draft_order_id)  # the id is another organisation's
 
         try:
