@@ -4,12 +4,14 @@ PostgreSQL is made to refuse one value the ERP wrote: a trigger on this test's
 connection's rows raises an error that quotes the new ``erp_order_id`` (as
 PostgreSQL's own messages quote values: "invalid input syntax … "x"",
 "Failing row contains (…)"). The ERP's ack carries a sentinel as its order id,
-so the real ack poll on the real worker hits a ``DBAPIError`` whose message,
-statement parameters and cause all hold the sentinel.
+so the connection's ack listener on the real worker (which records acks with the
+ack poll's code) hits a ``DBAPIError`` whose message, statement parameters and
+cause all hold the sentinel.
 
-Then the run's whole history (JSON and every event's raw bytes), the pending
-poll's last failure with its stack trace (what ``temporal workflow describe``
-shows), the query answer, the ledger row and every log record of the worker
+Then the export's and the listener's whole histories (JSON, every event's raw
+bytes, and every failure decoded with the payload keys: messages, stack
+traces, causes), the listener's description and state, the ledger row and
+every log record of the worker
 are searched: the sentinel is nowhere. The failure is ``INTERNAL_ERROR`` naming
 the exception's type, with no cause attached; the worker's log has the type,
 the frames and the SQLSTATE. And the engine hides statement parameters
@@ -19,8 +21,8 @@ the frames and the SQLSTATE. And the engine hides statement parameters
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
-import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -31,19 +33,18 @@ from sqlalchemy import text
 from google.protobuf.message import Message
 from temporalio.api.enums.v1 import EventType
 from temporalio.api.failure.v1 import Failure
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowHistory
 
 from dropzone.ledger import Ledger
 from starter.api import cancel_export, export_handle, start_export
 from tests.conftest import Target
 from tests.helpers import ack_body, make_draft, wait_for_state, write_ack_atomically
 from tests.test_corpus_acks import open_export
-from tests.test_long_wait import set_ack_timing
+from tests.test_ack_listener import listener_state
 from tests.test_security_secrets import all_logs, find_leaks, history_haystacks  # noqa: F401 (fixture)
+from workflows import policies
 
 WAIT = 120.0
-# The ack poll retries a retryable INTERNAL_ERROR each poll interval until the ack timeout ends it.
-ACK_TIMEOUT_SECONDS = 8
 QUOTED = "quoted-"  # order ids the trigger quotes in its error message
 HIDDEN = "hidden-"  # order ids it refuses without quoting them
 
@@ -117,69 +118,76 @@ async def _decoded(client: Client, failure: Failure) -> str:
     return "\n".join(texts)
 
 
-async def _pending_poll_failure(client: Client, draft_id: str) -> tuple[Failure, Message]:
-    """The pending poll's last failure once it is an INTERNAL_ERROR (the poll retries it)."""
-    handle = export_handle(client, draft_id)
-    deadline = time.monotonic() + WAIT
-    while True:
-        described = await handle.describe()
-        for pending in described.raw_description.pending_activities:
-            failure = pending.last_failure
-            if failure.application_failure_info.type == "INTERNAL_ERROR":
-                return failure, described.raw_description
-        assert time.monotonic() < deadline, "the poll never failed with INTERNAL_ERROR"
-        await asyncio.sleep(0.2)
+def _failed_activities(history: WorkflowHistory, activity_type: str) -> list[Failure]:
+    scheduled = {
+        e.event_id
+        for e in history.events
+        if e.activity_task_scheduled_event_attributes.activity_type.name == activity_type
+    }
+    return [
+        e.activity_task_failed_event_attributes.failure
+        for e in history.events
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_FAILED
+        and e.activity_task_failed_event_attributes.scheduled_event_id in scheduled
+    ]
 
 
 @pytest.mark.asyncio(loop_scope="session")
 async def test_an_unexpected_error_reaches_history_as_its_type_only(
     client: Client, run_worker, fs_target, ledger, refusing_database, all_logs  # noqa: F811
 ):
-    set_ack_timing(ledger, fs_target, ack_timeout_seconds=ACK_TIMEOUT_SECONDS, poll_interval_seconds=1)
+    # The connection's ack listener takes the ack (workflows/ack_listener.py) and
+    # records it with the ack poll's code, under translate_errors like every activity.
     sentinel = f"{QUOTED}{uuid.uuid4().hex}"
     draft = make_draft(org_id=fs_target.org_id)
     did = draft["draft_order_id"]
-    async with run_worker(client) as queue:
-        await start_export(client, erp_connection_id=fs_target.connection_id, draft=draft, task_queue=queue)
-        waiting = await wait_for_state(client, did, lambda s: s.waiting_for == "ack", timeout=WAIT)
-        write_ack_atomically(fs_target.ack_dir, f"ack_{waiting.filename}", ack_body(sentinel))
-        pending_failure, description = await _pending_poll_failure(client, did)
-        failed = await wait_for_state(
-            client, did, lambda s: s.status == "FAILED" and s.waiting_for == "retry_signal", timeout=WAIT
-        )
-        await cancel_export(client, did, reason="test done")
-        await asyncio.wait_for(export_handle(client, did).result(), WAIT)
+    listener = client.get_workflow_handle(policies.listener_id_for(fs_target.connection_id))
+    try:
+        async with run_worker(client) as queue:
+            await start_export(client, erp_connection_id=fs_target.connection_id, draft=draft, task_queue=queue)
+            waiting = await wait_for_state(client, did, lambda s: s.waiting_for == "ack", timeout=WAIT)
+            write_ack_atomically(fs_target.ack_dir, f"ack_{waiting.filename}", ack_body(sentinel))
+            state = await listener_state(
+                client, fs_target.connection_id,
+                lambda s: s.last_error is not None and s.last_error.code == "INTERNAL_ERROR", timeout=WAIT,
+            )
+            described = (await listener.describe()).raw_description
+            await cancel_export(client, did, reason="test done")
+            await asyncio.wait_for(export_handle(client, did).result(), WAIT)
+        listener_history = await listener.fetch_history()
+    finally:
+        with contextlib.suppress(Exception):
+            await listener.terminate(reason="test done")
 
-    # What the run and the operator see: one generic code, the exception's type, nothing else.
-    assert failed.last_error is not None and failed.last_error.code == "INTERNAL_ERROR"
-    shown = re.fullmatch(r"internal error \((\w+)\); details are in the worker log", failed.last_error.message)
-    assert shown is not None, failed.last_error.message
+    # What the listener shows an operator: one generic code, the exception's type, nothing else.
+    assert state.last_error is not None
+    shown = re.fullmatch(r"internal error \((\w+)\); details are in the worker log", state.last_error.message)
+    assert shown is not None, state.last_error.message
     type_name = shown.group(1)  # SQLAlchemy's wrapper of psycopg's RaiseException (P0001)
     row = ledger.get_export(waiting.export_id)
-    assert row.status == "FAILED" and row.erp_order_id is None
-    assert (row.error_json or {}).get("code") == "INTERNAL_ERROR"
-    assert row.error_json["message"] == failed.last_error.message
-    assert failed.last_error.message in await _decoded(client, pending_failure)
-    assert not pending_failure.HasField("cause")
+    assert row.erp_order_id is None and row.status in ("SENT", "FAILED")  # never recorded
 
-    history = await export_handle(client, did).fetch_history()
-    [poll_failed] = [
-        e.activity_task_failed_event_attributes.failure
-        for e in history.events
-        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_FAILED
-    ]
-    assert poll_failed.application_failure_info.type == "INTERNAL_ERROR"
-    assert not poll_failed.application_failure_info.non_retryable  # retried with backoff, like any bug
-    assert not poll_failed.HasField("cause")
+    failed = _failed_activities(listener_history, "scan_ack_path")
+    assert failed, "the listener's look never failed"
+    for failure in failed:
+        assert failure.application_failure_info.type == "INTERNAL_ERROR"
+        assert not failure.application_failure_info.non_retryable  # retried with backoff, like any bug
+        assert not failure.HasField("cause")
+        assert state.last_error.message in await _decoded(client, failure)
 
     haystacks = await history_haystacks(client, did)
-    haystacks["describe while the poll retried (bytes)"] = description.SerializeToString()
+    haystacks["listener history (json)"] = listener_history.to_json()
+    for event in listener_history.events:
+        haystacks[f"listener event {event.event_id} (bytes)"] = event.SerializeToString()
+    haystacks["listener describe (bytes)"] = described.SerializeToString()
     # Payloads may be encrypted in history: search the failures as they read decoded, too.
-    failures = [f for e in history.events for f in _failures(e)] + list(_failures(description))
-    assert len(failures) >= 2  # the pending poll's last failure, the poll's ActivityTaskFailed
+    export_history = await export_handle(client, did).fetch_history()
+    everything = [*export_history.events, *listener_history.events, described]
+    failures = [f for message in everything for f in _failures(message)]
+    assert len(failures) >= len(failed)
     for n, failure in enumerate(failures):
         haystacks[f"failure {n} (decoded)"] = await _decoded(client, failure)
-    haystacks["query answer"] = failed.model_dump_json()
+    haystacks["listener state (query)"] = state.model_dump_json()
     haystacks["ledger row"] = row.model_dump_json()
     haystacks.update({f"log record {n}": t for n, t in enumerate(all_logs.texts)})
     assert find_leaks(haystacks, [sentinel, sentinel.removeprefix(QUOTED)]) == []
