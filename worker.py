@@ -12,12 +12,13 @@ the Temporal runtime: the SDK's own metrics and ours (``activities/telemetry.py`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
@@ -54,6 +55,7 @@ from dropzone.settings import Settings, invalid_settings_message, load_settings
 from dropzone.temporal_connection import connect_options, describe_failure
 from dropzone.transports.object_storage import ObjectStore
 from starter.codec import build_data_converter
+from workflows import policies
 from workflows.ack_listener import AckListenerWorkflow
 from workflows.export_order import ExportOrderWorkflow
 
@@ -170,15 +172,30 @@ def build_worker(
     executor: ThreadPoolExecutor,
     max_concurrent_activities: int,
     interceptors: Sequence[Interceptor] = (),
-) -> Worker:
-    """The worker; every activity runs inside the telemetry interceptor (log context, metrics)."""
+) -> WorkerGroup:
+    """The worker; every activity runs inside the telemetry interceptor (log context, metrics).
+
+    Status callbacks run on a worker of their own (task queue ``<task_queue>-webhooks``,
+    ``WEBHOOK_MAX_IN_FLIGHT`` slots and threads): a receiver that hangs never holds a
+    slot an export needs. ``async with`` runs both.
+    """
     exports = ExportActivities(adapters.ledger, adapters.store, adapters.connectors)
     acks = AckActivities(adapters.ledger, adapters.connectors)
     # The connection's ack listener hands answers over through this worker's client.
     listener = AckListenerActivities(adapters.ledger, adapters.connectors, client, acks)
     webhooks = WebhookActivities(adapters.ledger)
     telemetry = TelemetryInterceptor(ExportOwners.from_ledger(adapters.ledger))
-    return Worker(
+    webhook_executor = ThreadPoolExecutor(max_workers=policies.WEBHOOK_MAX_IN_FLIGHT, thread_name_prefix="webhooks")
+    webhook_worker = Worker(
+        client,
+        task_queue=policies.webhook_task_queue(task_queue),
+        activities=[webhooks.send_webhook, webhooks.give_up_webhook],
+        activity_executor=webhook_executor,
+        max_concurrent_activities=policies.WEBHOOK_MAX_IN_FLIGHT,
+        graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
+        interceptors=[telemetry, *interceptors],
+    )
+    exports_worker = Worker(
         client,
         task_queue=task_queue,
         workflows=[ExportOrderWorkflow, AckListenerWorkflow],
@@ -192,14 +209,32 @@ def build_worker(
             acks.poll_ack,
             listener.ensure_ack_listener,
             listener.scan_ack_path,
-            webhooks.send_webhook,
-            webhooks.give_up_webhook,
         ],
         activity_executor=executor,
         max_concurrent_activities=max_concurrent_activities,
         graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
         interceptors=[telemetry, *interceptors],
     )
+    return WorkerGroup(exports_worker, webhook_worker, on_exit=[webhooks.close, webhook_executor.shutdown])
+
+
+class WorkerGroup:
+    """Workers that start and stop together (``async with``), then run ``on_exit``."""
+
+    def __init__(self, *workers: Worker, on_exit: Sequence[Callable[[], object]] = ()) -> None:
+        self.workers = workers
+        self._on_exit = on_exit
+        self._stack = contextlib.AsyncExitStack()
+
+    async def __aenter__(self) -> WorkerGroup:
+        for worker in self.workers:
+            await self._stack.enter_async_context(worker)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stack.aclose()
+        for step in self._on_exit:
+            step()
 
 
 async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -> None:

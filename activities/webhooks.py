@@ -13,9 +13,8 @@ Error table (httpx → ours), all retryable with code ``WEBHOOK_UNDELIVERED``:
     response status not 2xx   "<url> answered HTTP <status>"
 
 A connection that no longer names a webhook fails the event at once (INVALID_CONFIG).
-At most ``WEBHOOK_MAX_IN_FLIGHT`` POSTs run at once per worker; a try beyond that
-ends at once as ``WEBHOOK_BUSY`` (benign, retried after a second), so a receiver
-that hangs never takes the activity slots that exports need.
+They run on a worker and task queue of their own (``worker.build_worker``), so a
+receiver that hangs never takes the activity slots that exports need.
 A connection's URL and secret are kept for ``TARGET_CACHE_SECONDS`` per worker (a
 burst of exports on one connection decrypts its config once); a changed webhook
 is used from then on.
@@ -31,7 +30,6 @@ from uuid import UUID
 
 import httpx
 from temporalio import activity
-from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from activities.failures import translate_errors
 from dropzone.connection_config import parse_connection_config
@@ -44,7 +42,6 @@ from dropzone.webhooks import WEBHOOK_UNDELIVERED, describe_url, signed_headers
 from workflows import policies
 
 USER_AGENT = "orderflow-dropzone-webhooks/1"
-WEBHOOK_BUSY = "WEBHOOK_BUSY"
 TARGET_CACHE_SECONDS = 10.0
 
 
@@ -65,7 +62,6 @@ class WebhookActivities:
         self._ledger = ledger
         self._targets: dict[UUID, _Target] = {}
         self._targets_lock = threading.Lock()
-        self._in_flight = threading.BoundedSemaphore(policies.WEBHOOK_MAX_IN_FLIGHT)
         # One pooled client per worker (thread-safe); no redirects: a receiver that
         # moved must be reconfigured, the signature is for the URL we were given.
         self._client = client or httpx.Client(
@@ -81,20 +77,6 @@ class WebhookActivities:
     @activity.defn
     @translate_errors
     def send_webhook(self, delivery: WebhookDelivery) -> WebhookDeliveryOutcome:
-        if not self._in_flight.acquire(blocking=False):
-            # Not a fault: come back in a moment rather than hold an activity slot an export needs.
-            raise ApplicationError(
-                f"{policies.WEBHOOK_MAX_IN_FLIGHT} status callbacks in flight on this worker; trying again shortly",
-                type=WEBHOOK_BUSY,
-                category=ApplicationErrorCategory.BENIGN,
-                next_retry_delay=policies.WEBHOOK_BUSY_RETRY_AFTER,
-            )
-        try:
-            return self._send(delivery)
-        finally:
-            self._in_flight.release()
-
-    def _send(self, delivery: WebhookDelivery) -> WebhookDeliveryOutcome:
         tries = activity.info().attempt
         event = delivery.event
         target = self._target(delivery.erp_connection_id)

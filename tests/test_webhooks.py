@@ -292,8 +292,9 @@ async def test_a_receiver_answering_500_forever_does_not_keep_the_export_from_ac
 async def test_a_hanging_receiver_leaves_the_activity_slots_to_the_exports(
     client: Client, run_worker, target_without_acks, ledger, fast_webhooks, monkeypatch
 ):
-    """Two activity slots, a receiver that never answers (our request timeout: a minute):
-    at most one slot waits for it (WEBHOOK_MAX_IN_FLIGHT=1), so all exports are delivered."""
+    """Two activity slots for exports, a receiver that never answers (our request timeout: a
+    minute): the callbacks wait on their own worker's slot (WEBHOOK_MAX_IN_FLIGHT=1, their own
+    task queue), so every export is delivered meanwhile."""
     monkeypatch.setattr(policies, "WEBHOOK_REQUEST_TIMEOUT_SECONDS", 60.0)
     monkeypatch.setattr(policies, "WEBHOOK_MAX_IN_FLIGHT", 1)
     target = target_without_acks

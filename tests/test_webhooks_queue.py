@@ -36,7 +36,7 @@ from dropzone.contracts import (
 )
 from starter.api import retry_export
 from tests.helpers import make_draft, wait_for_state
-from worker import build_workflow_runner
+from worker import WorkerGroup, build_workflow_runner
 from workflows import policies
 from workflows.export_order import ExportOrderWorkflow
 
@@ -95,16 +95,19 @@ class Stubs:
             self.given_up.append(request)
         return WebhookDeliveryOutcome(event_id=request.delivery.event.event_id, status="GAVE_UP", delivery_attempts=0)
 
-    def all(self) -> list:  # type: ignore[type-arg]
-        return [self.open_attempt, self.render_and_store, self.deliver, self.mark_failed, self.send_webhook,
-                self.give_up_webhook]
-
-
-def stub_worker(client: Client, stubs: Stubs, executor) -> tuple[Worker, str]:  # type: ignore[no-untyped-def]
+def stub_worker(client: Client, stubs: Stubs, executor) -> tuple[WorkerGroup, str]:  # type: ignore[no-untyped-def]
+    """Like worker.build_worker: the export's queue, and the callbacks' own queue."""
     queue = f"stub-{uuid.uuid4().hex[:8]}"
-    worker = Worker(client, task_queue=queue, workflows=[ExportOrderWorkflow], activities=stubs.all(),
-                    activity_executor=executor, workflow_runner=build_workflow_runner())
-    return worker, queue
+    exports = Worker(
+        client, task_queue=queue, workflows=[ExportOrderWorkflow], workflow_runner=build_workflow_runner(),
+        activities=[stubs.open_attempt, stubs.render_and_store, stubs.deliver, stubs.mark_failed],
+        activity_executor=executor,
+    )
+    callbacks = Worker(
+        client, task_queue=policies.webhook_task_queue(queue), activities=[stubs.send_webhook, stubs.give_up_webhook],
+        activity_executor=executor,
+    )
+    return WorkerGroup(exports, callbacks), queue
 
 
 async def test_events_go_out_in_order_while_the_export_goes_on(time_skipping_env):

@@ -169,13 +169,13 @@ class ExportOrderWorkflow(ListenerWait):
     def _why_not_retryable(self) -> str | None:
         if self._cancel_requested:
             return "the export was cancelled"
-        if self._closing:  # the retry window ran out; only status callbacks are left to send
-            return f"the export's run is closing ({self._status}): export the draft again to send it"
         if self._retry_requested:
             return "the export is being retried already (a retry was requested and is starting)"
         if self._status == "ACKED":
             return f"the export is ACKED, not FAILED (ERP order {self._erp_order_id}): the ERP has the order"
         if self._status == "FAILED" and self._waiting_for == "retry_signal":
+            if self._closing:  # the retry window ran out; only status callbacks are left to send
+                return "the export is FAILED and its retry window is over: export the draft again to send it"
             return None
         if self._status == "SENT" and self._waiting_for == "nothing":
             return "the export is SENT, not FAILED, and no ack is expected: nothing to retry"

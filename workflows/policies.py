@@ -66,11 +66,14 @@ RETRY_SIGNAL_WINDOW = timedelta(days=30)
 # after the event happened; then the event is given up (recorded as GAVE_UP).
 WEBHOOK_TIMEOUT = timedelta(seconds=30)
 WEBHOOK_REQUEST_TIMEOUT_SECONDS = 10.0
-# POSTs in flight per worker process: a receiver that hangs holds at most this many
-# of the worker's activity slots (the others stay free for exports); a try beyond
-# it ends at once, without a request, and comes back after WEBHOOK_BUSY_RETRY_AFTER.
+# Callbacks run on a task queue of their own, served by a worker with this many
+# slots per process (worker.build_worker): a receiver that hangs holds those, never
+# the slots exports need; callbacks beyond them wait in Temporal's queue.
 WEBHOOK_MAX_IN_FLIGHT = 4
-WEBHOOK_BUSY_RETRY_AFTER = timedelta(seconds=1)
+
+
+def webhook_task_queue(task_queue: str) -> str:
+    return f"{task_queue}-webhooks"
 WEBHOOK_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
     backoff_coefficient=2.0,

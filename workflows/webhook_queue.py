@@ -66,6 +66,7 @@ class WebhookQueue:
                 start_to_close_timeout=policies.WEBHOOK_TIMEOUT,
                 schedule_to_close_timeout=max(window_left, policies.WEBHOOK_LAST_CHANCE),
                 retry_policy=policies.WEBHOOK_RETRY,
+                task_queue=policies.webhook_task_queue(workflow.info().task_queue),
                 summary=f"status callback {event.type} (attempt {event.attempt})",
             )
         except ActivityError as err:
@@ -80,6 +81,7 @@ class WebhookQueue:
                     start_to_close_timeout=policies.LEDGER_TIMEOUT,
                     schedule_to_close_timeout=policies.TRANSIENT_GIVE_UP_AFTER,
                     retry_policy=policies.LEDGER_RETRY,
+                    task_queue=policies.webhook_task_queue(workflow.info().task_queue),
                     summary="record a given-up status callback",
                 )
             except ActivityError:  # the ledger was down for a day: the row keeps its last error
