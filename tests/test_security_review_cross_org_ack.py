@@ -8,12 +8,14 @@ only, naming no export of A. A's rows stay exactly as they were (no ACKED with
 B's order id, no late error), and A's own ERP still answers A's export.
 
 Real PostgreSQL ledger and real dropzones: B's on each kind (a directory,
-OpenSSH, asyncssh), A's a directory; the poll runs in Temporal's
-ActivityEnvironment, as in tests/test_corpus_acks.py.
+OpenSSH, asyncssh), A's a directory; the per-export poll runs in Temporal's
+ActivityEnvironment, as in tests/test_corpus_acks.py, and B's connection's ack
+listener (workflows/ack_listener.py) runs on a real worker on the dev server.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 from datetime import UTC, datetime
 
@@ -23,9 +25,12 @@ from sqlalchemy import text
 from activities.acks import AckActivities
 from dropzone.errors import ACK_TIMEOUT
 from dropzone.ledger import ExportRecord, Ledger
+from starter.api import cancel_export, export_status, start_export
 from tests.conftest import Target, make_target
-from tests.helpers import ack_body, error_body
+from tests.helpers import ack_body, error_body, make_draft
+from tests.test_ack_listener import listener_state
 from tests.test_corpus_acks import open_export, poll, put_file
+from workflows import policies
 
 
 def _acks(adapters) -> AckActivities:  # type: ignore[no-untyped-def]
@@ -113,3 +118,38 @@ def test_the_owners_erp_still_answers_its_export_after_a_foreign_ack(request, ad
     row = ledger.get_export(a_timed_out.id)
     assert (row.status, row.erp_order_id) == ("ACKED", "SO-A-LATE")
     assert [p.name for p in (org_a.ack_dir / "processed").iterdir()] == [f"ack_{a_timed_out.filename}"]
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_the_ack_listener_of_one_organisation_never_answers_another(
+    request, client, run_worker, ledger, tmp_path
+):
+    """The same, end to end: B's connection's ack listener (a real worker) does the looking."""
+    org_a = make_target("filesystem", request, ledger, tmp_path)
+    org_b = make_target("filesystem", request, ledger, tmp_path)
+    a_timed_out = _timed_out(ledger, org_a)
+    a_waiting = open_export(ledger, org_a)
+    a_rows = [ledger.get_export(r.id) for r in (a_timed_out, a_waiting)]
+    planted = {f"ack_{a_timed_out.filename}": ack_body("SO-FROM-B"), f"error_{a_waiting.filename}": error_body("FROM_B")}
+    for name, body in planted.items():
+        put_file(org_b.ack_dir, name, json.dumps(body).encode())
+    draft = make_draft(org_id=org_b.org_id)
+    listener = client.get_workflow_handle(policies.listener_id_for(org_b.connection_id))
+    try:
+        async with run_worker(client) as queue:
+            # B's own export makes B's listener run; it finds the planted files at its first look.
+            await start_export(client, erp_connection_id=org_b.connection_id, draft=draft, task_queue=queue)
+            state = await listener_state(client, org_b.connection_id, lambda s: s.rejected >= len(planted), timeout=90)
+            assert (await export_status(client, draft["draft_order_id"])).waiting_for == "ack"
+            await cancel_export(client, draft["draft_order_id"], reason="test done")
+    finally:
+        with contextlib.suppress(Exception):  # the listener outlives exports; not this test
+            await listener.terminate(reason="test done")
+
+    assert state.rejected == len(planted) and state.handed_over == 0 and state.recorded_without_run == 0
+    assert [ledger.get_export(r.id) for r in a_rows] == a_rows
+    assert ledger.list_ack_rejections(org_id=org_a.org_id) == []
+    assert sorted(p.name for p in (org_b.ack_dir / "error").iterdir()) == sorted(planted)
+    rejections = ledger.list_ack_rejections(connection_id=org_b.connection_id)
+    assert sorted(r.ack_file for r in rejections) == sorted(planted)
+    assert all(r.export_id is None and r.org_id == org_b.org_id for r in rejections)
