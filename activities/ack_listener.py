@@ -43,10 +43,11 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from uuid import UUID
 
+import structlog
 from temporalio import activity
 from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.common import WorkflowIDConflictPolicy
@@ -64,6 +65,7 @@ from activities.acks import (
     unchanged_since,
 )
 from activities.failures import translate_errors
+from activities.telemetry import ack_recorded
 from dropzone import naming
 from dropzone.connectors import ConnectorRegistry
 from dropzone.contracts import (
@@ -93,6 +95,10 @@ MAX_ACKS_PER_SCAN = 2_000
 NOT_FOR_THIS_RUN = "ACK_NOT_FOR_THIS_RUN"
 
 
+# Asks the export's run to take a recorded answer: True when it did (see _hand_over).
+HandOverFn = Callable[[ExportRecord, AckFile, AckOutcome], bool]
+
+
 class TemporalUnreachable(Exception):
     """The run could not be asked: the ack file stays where it is for the next look."""
 
@@ -114,7 +120,12 @@ class _Look:
     connection: ConnectionRecord
     grace: float
     tally: _Tally
-    hand_over: Callable[[ExportRecord, AckFile, AckOutcome], bool]
+    hand_over: HandOverFn
+
+    def recorded(self, record: ExportRecord, ack: AckFile, outcome: AckOutcome) -> None:
+        """Just recorded in the ledger: counted as the per-export poll counts it, then handed over."""
+        ack_recorded(outcome, workflow_id=record.workflow_id, draft_order_id=record.draft_order_id, sent_at=record.sent_at)
+        self.counted(record, ack, outcome)
 
     def counted(self, record: ExportRecord, ack: AckFile, outcome: AckOutcome) -> None:
         if self.hand_over(record, ack, outcome):
@@ -202,32 +213,19 @@ class AckListenerActivities:
             raise TemporalUnreachable(f"{exc.status.name}") from None
         return accepted.export_id == record.id
 
-    def _scan(self, request: ScanInput, hand_over: Callable[[ExportRecord, AckFile, AckOutcome], bool]) -> ScanResult:
+    def _scan(self, request: ScanInput, hand_over: HandOverFn) -> ScanResult:
         connection = self._ledger.get_connection(request.erp_connection_id)
         connector = self._connectors.get(connection.connector_type)
         config = connector.parse_config(connection.config)
-        interval = config.poll_interval_seconds
         tally = _Tally()
         listed_at = datetime.now(timezone.utc)
-        error: ErrorInfo | None = None
-        try:
-            self._ledger.get_active_connection(connection.id)  # deactivated: shown, not listed
-            with connector.session(config) as dropzone:
-                try:
-                    self._look(dropzone, connection, interval, tally, hand_over)
-                except UnsafePathError as exc:
-                    self._acks.record_unsafe_folder(connection, exc, None)
-                    raise
-                if request.sweep_stale_tmps:
-                    tally.stale_tmp_removed = self._remove_stale_tmps(dropzone, connection)
-        except DropzoneError as exc:
-            error = ErrorInfo(code=exc.code, message=exc.message)
-            log.warning(
-                "ack listener could not look into ack_path; exports keep waiting",
-                extra={"erp_connection_id": str(connection.id), "error_code": exc.code, "error": exc.message},
+        # Log lines and metrics of this look (rejections, answers) carry the connection's org.
+        with structlog.contextvars.bound_contextvars(org_id=str(connection.org_id), erp_connection_id=str(connection.id)):
+            error = self._look_into(
+                request, connection, lambda: connector.session(config), config.poll_interval_seconds, tally, hand_over
             )
         return ScanResult(
-            poll_interval_seconds=interval,
+            poll_interval_seconds=config.poll_interval_seconds,
             listed_at=listed_at,
             files=tally.files,
             handed_over=tally.handed_over,
@@ -238,13 +236,41 @@ class AckListenerActivities:
             error=error,
         )
 
+    def _look_into(
+        self,
+        request: ScanInput,
+        connection: ConnectionRecord,
+        open_session: Callable[[], AbstractContextManager[Dropzone]],
+        interval: int,
+        tally: _Tally,
+        hand_over: HandOverFn,
+    ) -> ErrorInfo | None:
+        """Everything that needs the dropzone; its errors come back as the listener's last error."""
+        try:
+            self._ledger.get_active_connection(connection.id)  # deactivated: shown, not listed
+            with open_session() as dropzone:
+                try:
+                    self._look(dropzone, connection, interval, tally, hand_over)
+                except UnsafePathError as exc:
+                    self._acks.record_unsafe_folder(connection, exc, None)
+                    raise
+                if request.sweep_stale_tmps:
+                    tally.stale_tmp_removed = self._remove_stale_tmps(dropzone, connection)
+        except DropzoneError as exc:
+            log.warning(
+                "ack listener could not look into ack_path; exports keep waiting",
+                extra={"erp_connection_id": str(connection.id), "error_code": exc.code, "error": exc.message},
+            )
+            return ErrorInfo(code=exc.code, message=exc.message)
+        return None
+
     def _look(
         self,
         dropzone: Dropzone,
         connection: ConnectionRecord,
         interval: int,
         tally: _Tally,
-        hand_over: Callable[[ExportRecord, AckFile, AckOutcome], bool],
+        hand_over: HandOverFn,
     ) -> None:
         look = _Look(dropzone, connection, SWEEP_GRACE_POLLS * interval, tally, hand_over)
         groups = _by_export(list_ack_files(dropzone))
@@ -294,7 +320,7 @@ class AckListenerActivities:
             return  # arrived before SENT: taken by the first look after it
         if owner.status == ExportStatus.SENT or owner.awaits_late_ack:
             before = tally.handed_over + tally.recorded_without_run
-            self._acks.take_settled(dropzone, connection, owner, acks, hand_over=look.counted)
+            self._acks.take_settled(dropzone, connection, owner, acks, hand_over=look.recorded)
             tally.rejected += len(acks) - (tally.handed_over + tally.recorded_without_run - before)
             return
         # ACKED or FAILED already.
@@ -346,12 +372,3 @@ def _tmp_of(name: str) -> str | None:
     filename, _, token = name[: -len(naming.TMP_SUFFIX)].rpartition(".")
     return filename if token and is_export_name(filename) else None
 
-
-def connection_id_of(listener_workflow_id: str) -> UUID | None:
-    """The connection a listener's workflow id names (``dropzone acks listeners``)."""
-    if not listener_workflow_id.startswith(policies.LISTENER_ID_PREFIX):
-        return None
-    try:
-        return UUID(listener_workflow_id[len(policies.LISTENER_ID_PREFIX) :])
-    except ValueError:
-        return None

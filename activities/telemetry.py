@@ -281,6 +281,25 @@ def _since_first_poll(info: activity.Info) -> timedelta:
     return datetime.now(UTC) - scheduled
 
 
+def ack_recorded(outcome: AckOutcome, *, workflow_id: str | None, draft_order_id: UUID, sent_at: datetime | None) -> None:
+    """Count and log one ERP answer the ack listener recorded, as the per-export poll's result is.
+
+    The org label comes from the log context (the listener binds its connection's);
+    the line names the export's workflow, whose answer it is.
+    """
+    if not activity.in_activity():
+        return
+    org = structlog.contextvars.get_contextvars().get("org_id")
+    metrics = ActivityMetrics(_meter(), ExportLabels(org_id=org))
+    metrics.count(EXPORTS, status=outcome.status)
+    if sent_at is not None:
+        metrics.duration(ACK_LATENCY, datetime.now(UTC) - sent_at, status=outcome.status)
+    context = bound_fields(workflow_id=workflow_id, draft_order_id=str(draft_order_id), export_id=str(outcome.export_id))
+    with structlog.contextvars.bound_contextvars(**context):
+        log.info("ack received", extra=_fields(status=outcome.status, erp_order_id=outcome.erp_order_id,
+                                               error_code=outcome.error.code if outcome.error else None))
+
+
 def ack_rejected() -> None:
     """Count one ack file moved to ``error/``; call it from the activity that moved it.
 

@@ -236,6 +236,8 @@ class EnsureListenerInput(_Contract):
 
     erp_connection_id: UUID
     task_queue: str
+    # The attempt that is about to wait: names the export in the activity's log lines and metrics.
+    export_id: UUID | None = None
 
 
 class ListenerRef(_Contract):

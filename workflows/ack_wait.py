@@ -79,11 +79,15 @@ class ListenerWait(RetryWait):
 
     # --- the ack wait ---------------------------------------------------------
 
-    async def _listener_ref(self) -> ListenerRef:
+    async def _listener_ref(self, attempt: AttemptInfo) -> ListenerRef:
         assert self._request is not None
         return await workflow.execute_activity_method(
             AckListenerActivities.ensure_ack_listener,
-            EnsureListenerInput(erp_connection_id=self._request.erp_connection_id, task_queue=workflow.info().task_queue),
+            EnsureListenerInput(
+                erp_connection_id=self._request.erp_connection_id,
+                task_queue=workflow.info().task_queue,
+                export_id=attempt.export_id,
+            ),
             start_to_close_timeout=policies.ENSURE_LISTENER_TIMEOUT,
             schedule_to_close_timeout=policies.TRANSIENT_GIVE_UP_AFTER,
             retry_policy=policies.LEDGER_RETRY,

@@ -295,7 +295,7 @@ class ExportOrderWorkflow(ListenerWait):
 
     async def _await_ack(self, attempt: AttemptInfo) -> AckOutcome | None:
         if policies.ACK_LISTENER and workflow.patched(ACK_LISTENER_PATCH):
-            listener = await self._listener_ref()
+            listener = await self._listener_ref(attempt)
             if listener.enabled:
                 return await self._await_handed_ack(attempt, listener.workflow_id)
         self._waiting_for = "ack"
