@@ -35,7 +35,7 @@ from rich.table import Table
 from dropzone.connection_config import config_to_storable, parse_connection_config
 from dropzone.connectors import DROPZONE_JSON_V1
 from dropzone.contracts import ExportState
-from dropzone.errors import TemporalUnavailableError
+from dropzone.errors import InvalidConfigError, TemporalUnavailableError
 from dropzone.ledger import Ledger
 from dropzone.ledger.tokens import ApiTokens
 from dropzone.settings import DEFAULT_ENV_FILE, Settings
@@ -262,7 +262,7 @@ async def run_demo(stack: DevStack, *, count: int, exit_when_done: bool, console
     worker_task = asyncio.create_task(run_worker(settings, stop=stop))
     api = contextlib.AsyncExitStack()
     try:
-        api_url = await api.enter_async_context(serving(settings, port=dev_api_port(settings)))
+        api_url = await open_dev_api(api, settings)
         client = await connect_client(settings)
         if await wait_until_polling(client, settings, worker_task):
             console.print(polling_line(settings), highlight=False)
@@ -310,9 +310,15 @@ def dev_api_token(ledger: Ledger) -> str:
     return tokens.create(DEMO_ORG_ID, DEV_TOKEN_NAME)[0]
 
 
-def dev_api_port(settings: Settings) -> int:
-    """DROPZONE_API_PORT (8000) when it is free, else any free port: the URL is printed."""
-    return settings.api_port if port_is_free(settings.api_host, settings.api_port) else 0
+async def open_dev_api(exits: contextlib.AsyncExitStack, settings: Settings) -> str:
+    """Serve the HTTP API until ``exits`` closes: on DROPZONE_API_PORT (8000), or on any free
+    port when that one is taken (another stack, say); the URL is printed either way."""
+    if port_is_free(settings.api_host, settings.api_port):
+        try:
+            return await exits.enter_async_context(serving(settings))
+        except InvalidConfigError:  # taken between the check and the bind
+            pass
+    return await exits.enter_async_context(serving(settings, port=0))
 
 
 def print_api(console: Console, url: str, token: str) -> None:
@@ -359,18 +365,19 @@ async def run_dev(stack: DevStack, console: Console, *, erp_simulator: bool = Tr
         console.print(line, highlight=False)
     stop = asyncio.Event()  # set by the worker itself on SIGINT/SIGTERM
     worker_task = asyncio.create_task(run_worker(settings, stop=stop))
+    api = contextlib.AsyncExitStack()
     try:
-        async with serving(settings, port=dev_api_port(settings)) as api_url:
-            print_api(console, api_url, token)
-            client = await connect_client(settings)
-            if await wait_until_polling(client, settings, worker_task):
-                console.print(polling_line(settings), highlight=False)
-                console.print(f"next, in another terminal:\n  {next_command(stack, connection)}", highlight=False)
-                console.print("Ctrl-C stops everything.", highlight=False)
-            await worker_task  # returns after a graceful shutdown
+        print_api(console, await open_dev_api(api, settings), token)
+        client = await connect_client(settings)
+        if await wait_until_polling(client, settings, worker_task):
+            console.print(polling_line(settings), highlight=False)
+            console.print(f"next, in another terminal:\n  {next_command(stack, connection)}", highlight=False)
+            console.print("Ctrl-C stops everything.", highlight=False)
+        await worker_task  # returns after a graceful shutdown
     finally:
         stop.set()
         await worker_task
+        await api.aclose()
         if simulator is not None:
             simulator.stop()
     console.print("stopping the embedded stack ...", highlight=False)

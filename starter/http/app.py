@@ -127,7 +127,10 @@ async def serving(settings: Settings, *, port: int | None = None, app: FastAPI |
             with contextlib.suppress(SystemExit):
                 task.result()
             where = f"{settings.api_host}:{settings.api_port if port is None else port}"
-            raise InvalidConfigError(f"the HTTP API could not listen on {where} (DROPZONE_API_HOST/DROPZONE_API_PORT)")
+            raise InvalidConfigError(
+                f"the HTTP API did not start on {where}: the port is taken (DROPZONE_API_HOST/DROPZONE_API_PORT) "
+                "or its start failed (see the log)"
+            )
         await asyncio.sleep(0.05)
     try:
         yield base_url(server)
