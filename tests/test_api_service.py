@@ -129,3 +129,17 @@ async def test_an_unexpected_error_is_a_500_problem_without_traceback_or_message
     logged = [r.getMessage() for r in caplog.records if r.name == "dropzone.api"]
     assert any(error_id in line and "RuntimeError" in line for line in logged), logged
     assert all(SECRET_PASSWORD not in r.getMessage() and not r.exc_info for r in caplog.records if r.levelno >= 30)
+
+
+async def test_dropzone_api_refuses_bad_settings_and_a_taken_port_in_one_line(dropzone_cli):
+    import socket
+
+    missing = await dropzone_cli("api", env={"DROPZONE_CONFIG_KEYS": ""})
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = await dropzone_cli("api", "--port", str(taken.getsockname()[1]))
+    for result, words in ((missing, "DROPZONE_CONFIG_KEYS"), (busy, "already in use")):
+        assert result.returncode == 2, result
+        assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+        assert words in result.stderr and "Traceback" not in result.stderr + result.stdout

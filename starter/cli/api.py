@@ -25,6 +25,7 @@ def api_cmd(
     """Serve the HTTP API: push drafts, retry, status, lists (tokens: `dropzone tokens create`)."""
     from starter.http import create_app, openapi_json
     from starter.http.app import ApiServer, port_is_free, uvicorn_config
+    from starter.http.deps import Resources
 
     if write_openapi is not None:
         write_openapi.write_text(openapi_json(), encoding="utf-8")
@@ -38,9 +39,10 @@ def api_cmd(
     if not port_is_free(settings.api_host, settings.api_port):
         raise fail(f"port {settings.api_port} on {settings.api_host} is already in use (--port or DROPZONE_API_PORT)")
     url = f"http://{settings.api_host}:{settings.api_port}"
+    app_ = create_app(settings, Resources.build(settings))  # a bad setting fails here, in one line
 
     async def serve() -> None:
-        server = ApiServer(uvicorn_config(settings, create_app(settings)))
+        server = ApiServer(uvicorn_config(settings, app_))
         loop = asyncio.get_running_loop()
         # SIGTERM (a deploy) and Ctrl-C: finish the requests in flight, then exit 0.
         for signum in (signal.SIGINT, signal.SIGTERM):

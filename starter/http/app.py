@@ -46,12 +46,16 @@ def _operation_id(route: APIRoute) -> str:
     return route.name
 
 
-def create_app(settings: Settings) -> FastAPI:
-    """The app; its pools (``Resources``) are opened at startup and closed at shutdown."""
+def create_app(settings: Settings, resources: Resources | None = None) -> FastAPI:
+    """The app; its pools (``resources``, else built at startup) are closed at shutdown.
+
+    Entry points build ``resources`` first: a bad setting is then one line from
+    the CLI rather than a failed ASGI lifespan in uvicorn's log.
+    """
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.resources = Resources.build(settings)
+        app.state.resources = resources or Resources.build(settings)
         try:
             yield
         finally:
@@ -119,7 +123,7 @@ def uvicorn_config(settings: Settings, app: FastAPI, *, port: int | None = None,
 @asynccontextmanager
 async def serving(settings: Settings, *, port: int | None = None, app: FastAPI | None = None) -> AsyncIterator[str]:
     """Serve the API (or ``app``) in this event loop until the block ends; yields its base URL."""
-    server = ApiServer(uvicorn_config(settings, app or create_app(settings), port=port))
+    server = ApiServer(uvicorn_config(settings, app or create_app(settings, Resources.build(settings)), port=port))
     task = asyncio.create_task(server.serve())
     while not server.started:
         if task.done():
