@@ -122,6 +122,14 @@ class MeasuredServer:
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
+    def peak_now(self) -> int:
+        """Its peak RSS so far (VmHWM), in bytes, while it runs."""
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+        raise RuntimeError(f"no VmHWM for process {self.proc.pid}")
+
     def stop(self) -> int:
         """SIGINT (its Ctrl-C path), then the peak RSS in bytes."""
         with contextlib.suppress(ProcessLookupError):
