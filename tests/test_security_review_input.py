@@ -25,6 +25,7 @@ from temporalio.client import Client
 
 from dropzone.errors import InvalidDraftError
 from dropzone.export_v1 import validate_draft
+from dropzone.large_drafts import stream_validated_export
 from dropzone.contracts import ListenerState
 from starter.api import export_handle, export_status, retry_export, start_export
 from tests.helpers import ack_body, make_draft, wait_for_state, write_ack_atomically
@@ -47,6 +48,13 @@ def test_a_slug_that_is_not_one_is_refused_naming_the_field(slug):
     assert caught.value.message == (
         "invalid draft: org_slug: must be lower-case letters, digits and hyphens (a slug such as acme-gmbh)"
     )
+
+
+def test_a_large_draft_by_reference_has_the_same_slug_rule():
+    draft = {**make_draft(org_id=uuid.uuid4(), lines=3), "org_slug": "../../x"}
+    with pytest.raises(InvalidDraftError) as caught:
+        stream_validated_export(bytearray(json.dumps(draft).encode()))  # the draft_ref path
+    assert caught.value.fields == ["org_slug"]
 
 
 def _inactive(state: ListenerState) -> bool:
