@@ -48,6 +48,11 @@ async def test_history_fixtures_exist():
         "sent_without_ack_path",
         "ack_timeout_then_late_ack",
         "ack_timeout_retried_before_late_ack_patch",
+        # The ack listener (tests/test_ack_listener_replay.py): a run waiting on the
+        # per-export poll (recorded mid-wait with the code before it) and runs on it.
+        "waiting_on_ack_poll_before_ack_listener",
+        "acked_via_ack_listener",
+        "ack_timeout_then_late_ack_via_ack_listener",
     } <= names
 
 
