@@ -41,6 +41,7 @@ async def test_status_and_list_match_the_cli(client, run_worker, api_server, fs_
         expected = json.loads(cli_status.stdout)
         assert status["draft_order_id"] == expected["draft_order_id"] and status["org_id"] == expected["org_id"]
         assert [_comparable(a) for a in status["attempts"]] == [_comparable(a) for a in expected["attempts"]]
+        assert set(status) == set(expected) and status["webhook_events"] == expected["webhook_events"]
         assert status["attempts"][0]["error"]["code"] == "INVALID_CUSTOMER"
         assert status["attempts"][0]["workflow_url"].startswith("http://temporal-ui.test:8233/")
 

@@ -1,6 +1,6 @@
 """Request and response bodies of the HTTP API (they make up its OpenAPI document).
 
-An export attempt has exactly the fields of ``dropzone status --json`` and
+A draft's exports and an attempt have exactly the fields of ``dropzone status --json`` and
 ``dropzone list --json`` (tests/test_api_reads.py compares them), so scripts move
 between the CLI and the API without translating.
 """
@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from dropzone.export_v1 import DraftOrder
 from dropzone.ledger import ExportRecord
+from dropzone.ledger.models import WebhookEventRecord
 from dropzone.settings import Settings
 from starter.cli.common import workflow_url
 
@@ -94,6 +95,9 @@ class DraftExports(BaseModel):
     draft_order_id: UUID
     org_id: UUID
     attempts: list[ExportAttempt] = Field(description="Oldest first.")
+    webhook_events: list[WebhookEventRecord] = Field(
+        description="Every status callback of the draft's exports and its delivery state, in the order they happened."
+    )
 
 
 class ExportFilters(BaseModel):

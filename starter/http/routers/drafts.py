@@ -21,6 +21,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from dropzone.errors import ExportNotFoundError, InvalidDraftError, TemporalUnavailableError
 from dropzone.export_v1 import DraftOrder
 from dropzone.ledger import ExportRecord, ExportStatus, Ledger
+from dropzone.ledger.webhooks import WebhookEvents
 from starter import api
 from starter.http.body import json_body, push_body, require_json, small_json
 from starter.http.deps import ClientDep, CurrentToken, LedgerDep, SettingsDep, StoreDep, TokensDep
@@ -233,8 +234,10 @@ def draft_exports(draft_order_id: DraftId, token: CurrentToken, ledger: LedgerDe
     if not rows:
         raise _not_found(draft_order_id)
     rows.sort(key=lambda r: r.attempt)
+    callbacks = [e for e in WebhookEvents(ledger).for_draft(draft_order_id) if e.org_id == token.org_id]
     return DraftExports(
-        draft_order_id=draft_order_id, org_id=rows[0].org_id, attempts=[ExportAttempt.of(r, settings) for r in rows]
+        draft_order_id=draft_order_id, org_id=rows[0].org_id, attempts=[ExportAttempt.of(r, settings) for r in rows],
+        webhook_events=callbacks,
     )
 
 
