@@ -49,7 +49,7 @@ from datetime import datetime, timedelta, timezone
 
 import structlog
 from temporalio import activity
-from temporalio.client import Client, WorkflowUpdateFailedError
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowUpdateFailedError
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
@@ -161,6 +161,17 @@ class AckListenerActivities:
         workflow_id = policies.listener_id_for(request.erp_connection_id)
         if not self._enabled:
             return ListenerRef(workflow_id=workflow_id, enabled=False)
+        try:
+            # A read first: starts on one workflow id are serialised by the server, and
+            # in a burst nearly every export finds the listener running already.
+            described = await self._client.get_workflow_handle(workflow_id).describe()
+            if described.status == WorkflowExecutionStatus.RUNNING:
+                return ListenerRef(workflow_id=workflow_id)
+        except RPCError as exc:
+            if exc.status != RPCStatusCode.NOT_FOUND:
+                raise ApplicationError(
+                    f"could not look up the ack listener {workflow_id}: {exc.status.name}", type="TEMPORAL_UNAVAILABLE"
+                ) from None
         try:
             await self._client.start_workflow(
                 policies.LISTENER_WORKFLOW_TYPE,
