@@ -97,6 +97,7 @@ _DROPZONE_ERRORS: dict[type[errors.DropzoneError], tuple[int, str, str]] = {
     # Raised below the routes only for the server's own settings (request fields get
     # their own 422s in the routes): the operator must act, the message names the setting.
     errors.InvalidConfigError: (500, "misconfigured", "The API is misconfigured"),
+    errors.AuthenticationError: (500, "misconfigured", "The API is misconfigured"),  # its S3 keys
     errors.TransientError: (503, "unavailable", "A service the API needs is unavailable"),
     errors.PermanentError: (500, "internal", "Internal error"),
 }
