@@ -140,14 +140,21 @@ async def test_acks_not_processed(dropzone_cli_in_process, client: Client, run_w
         # Find: `dropzone list --org ORG --status SENT` — delivered, no ack recorded yet.
         listed = json.loads(ok(await fast("list", "--org", org, "--status", "SENT", "--json")).stdout)
         assert [e["draft_order_id"] for e in listed["exports"]] == [did]
-        # The run says what it waits for, and how often it has looked:
-        # `temporal workflow metadata --workflow-id erp-export-DRAFT` (current details) and
-        # `temporal workflow describe --workflow-id erp-export-DRAFT` (pending poll_ack, its attempt count).
+        # The run says what it waits for and who looks for it:
+        # `temporal workflow metadata --workflow-id erp-export-DRAFT` (current details), and
+        # `dropzone acks listeners --connection ID` (when the connection's listener last listed ack_path).
         wid = f"erp-export-{did}"
         details = await asyncio.to_thread(temporal_cli, client, "workflow", "metadata", "--workflow-id", wid)
-        assert f"waiting for ack_{filename} since" in details and "polling every 1 s" in details, details
-        described = await temporal_cli_until(client, [f"no ack for {filename} yet"], "workflow", "describe", "--workflow-id", wid)
-        assert "poll_ack" in described and f"no ack for {filename} yet" in described, described
+        listener = f"erp-ack-listener-{target.connection_id}"
+        assert f"waiting for ack_{filename} since" in details and f"listened for by {listener} every 1 s" in details, details
+        deadline = time.monotonic() + WAIT
+        while True:
+            [shown] = json.loads(ok(await fast("acks", "listeners", "--connection", str(target.connection_id), "--json")).stdout)
+            if shown["listings"] >= 1:
+                break
+            assert time.monotonic() < deadline, shown
+            await asyncio.sleep(0.3)
+        assert shown["last_listing_at"] and shown["last_error"] is None, shown
         # A worker polls the queue: `temporal task-queue describe --task-queue QUEUE`.
         pollers = await asyncio.to_thread(temporal_cli, client, "task-queue", "describe", "--task-queue", queue)
         assert "activity" in pollers.lower() and "@" in pollers, pollers
