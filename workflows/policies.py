@@ -70,10 +70,6 @@ WEBHOOK_REQUEST_TIMEOUT_SECONDS = 10.0
 # slots per process (worker.build_worker): a receiver that hangs holds those, never
 # the slots exports need; callbacks beyond them wait in Temporal's queue.
 WEBHOOK_MAX_IN_FLIGHT = 4
-
-
-def webhook_task_queue(task_queue: str) -> str:
-    return f"{task_queue}-webhooks"
 WEBHOOK_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
     backoff_coefficient=2.0,
@@ -82,6 +78,10 @@ WEBHOOK_RETRY = RetryPolicy(
 WEBHOOK_GIVE_UP_AFTER = timedelta(days=1)
 # Left for a send whose window has all but run out, so that it is still tried once.
 WEBHOOK_LAST_CHANCE = timedelta(seconds=30)
+
+
+def webhook_task_queue(task_queue: str) -> str:
+    return f"{task_queue}-webhooks"
 
 
 def workflow_id_for(draft_order_id: object) -> str:
