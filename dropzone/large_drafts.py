@@ -136,6 +136,10 @@ def _split_top_level(data: Buffer) -> dict[str, msgspec.Raw]:
         raise invalid_draft([(DOCUMENT, "must be a JSON object")]) from None
     except msgspec.DecodeError as exc:
         raise invalid_draft([(DOCUMENT, f"invalid JSON: {json_error_position(data, exc)}")]) from None
+    except RecursionError:
+        # msgspec gives up on deep nesting by raising it; the inline validator
+        # (jiter) names the same input "recursion limit exceeded".
+        raise invalid_draft([(DOCUMENT, "invalid JSON: recursion limit exceeded")]) from None
 
 
 def _validate_envelope(top: dict[str, msgspec.Raw]) -> tuple[DraftOrder | None, Problems]:
