@@ -172,6 +172,9 @@ async def _phase(stack: Stack, env: Any, path: str, sizes: list[int], window: fl
         for size in sizes:
             await site.add(client, workers.task_queue, size - len(site.draft_ids))
             results.append(await measure(stack, meter, counts, size, window))
+            last = results[-1]
+            # As it goes, so that a run cut short still says what it measured.
+            print(f"[{path}] {size} waiting: {last.total:.0f} ms/s {last.cpu_ms_per_s} requests/interval {last.requests_per_interval}", flush=True)
         latencies = await site.latency(client, LATENCY_SAMPLES)
         await site.terminate(client)
     return results, latencies
