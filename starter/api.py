@@ -26,7 +26,7 @@ from temporalio.client import (
     WorkflowQueryFailedError,
     WorkflowUpdateFailedError,
 )
-from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -41,6 +41,7 @@ from dropzone.errors import ExportNotFoundError, TemporalUnavailableError
 from dropzone.transports.object_storage import ObjectStore
 from starter.draft_intake import DraftCheck, DraftInput, prepare_draft
 from workflows.export_order import RETRY_REJECTED, ExportOrderWorkflow
+from workflows import policies
 from workflows.policies import TASK_QUEUE, WORKFLOW_ID_PREFIX, workflow_id_for
 
 # Temporal's payload limit is 2 MB; stay well below it and leave room for history.
@@ -101,6 +102,15 @@ async def start_export(
             ),
             static_summary=summary,
             static_details=f"draft {parsed.draft_order_id} for connection {erp_connection_id}",
+            # Set at the start, not only by the workflow's first upsert, so that a
+            # run is findable by organisation (the HTTP API's tenancy check) from
+            # its first moment.
+            search_attributes=TypedSearchAttributes(
+                [
+                    SearchAttributePair(policies.SA_ORG_ID, str(parsed.org_id)),
+                    SearchAttributePair(policies.SA_DRAFT_ORDER_ID, str(parsed.draft_order_id)),
+                ]
+            ),
         )
     except WorkflowAlreadyStartedError:
         # A closed run exists and no force: the double click lands on that run.

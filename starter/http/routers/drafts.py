@@ -79,7 +79,8 @@ async def _find_run(client: Client, ledger: Ledger, draft_order_id: UUID) -> _Ru
         if latest is not None:
             return _Run(latest.org_id, running, latest)
         org = description.typed_search_attributes.get(SA_ORG_ID)
-        # A run sets OrgId after its first activity: right after a push, wait for it.
+        # start_export sets OrgId when it starts a run; a run started by another
+        # client gets it from the workflow's first step: wait for that.
         if org or not running or time.monotonic() > deadline:
             return _Run(UUID(org) if org else None, running, None)
         await asyncio.sleep(0.1)
