@@ -83,11 +83,8 @@ class AckListenerWorkflow:
             self._state = state.model_copy(update={"last_error": error_info_from(err), "last_error_at": workflow.now()})
             self._show()
             return timedelta(seconds=state.poll_interval_seconds) if state.poll_interval_seconds else FALLBACK_INTERVAL
-        update = {
+        update: dict[str, object] = {
             "poll_interval_seconds": result.poll_interval_seconds,
-            "listings": state.listings + 1,
-            "last_listing_at": result.listed_at,
-            "last_listing_files": result.files,
             "files_seen": state.files_seen + result.files,
             "handed_over": state.handed_over + result.handed_over,
             "recorded_without_run": state.recorded_without_run + result.recorded_without_run,
@@ -96,10 +93,13 @@ class AckListenerWorkflow:
         }
         if result.swept_tmps:
             update["last_tmp_sweep_at"] = workflow.now()
-        if result.error is not None:
+        if result.error is not None:  # no listing: the last one stays what it was
             update.update(last_error=result.error, last_error_at=workflow.now())
-        elif state.last_error is not None:
-            update.update(last_error=None)  # last_error_at stays: when it last went wrong
+        else:
+            update.update(
+                listings=state.listings + 1, last_listing_at=result.listed_at, last_listing_files=result.files,
+                last_error=None,  # last_error_at stays: when it last went wrong
+            )
         self._state = state.model_copy(update=update)
         self._show()
         return timedelta(seconds=max(1, result.poll_interval_seconds))
