@@ -4,9 +4,9 @@
 converter encrypts every payload (AES-256-GCM) and encodes failures. "Off" is
 the same worker process with the plain pydantic converter
 (``python -m benchmarks.bench_codec``, below) and a plain client. Both share
-the servers, the draft size and the burst; runs alternate (and which side
-goes first alternates too) so that the machine's noise hits both. Targets: burst throughput ratio ≥ 0.95, single
-export p50 ratio ≤ 1.05.
+the servers, the draft size and the burst; runs alternate, and so does which
+side goes first, so that the machine's noise hits both. Targets: burst
+throughput ratio ≥ 0.95, single export p50 ratio ≤ 1.05.
 """
 
 from __future__ import annotations
