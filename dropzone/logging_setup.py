@@ -44,13 +44,14 @@ ALWAYS_QUIET = ("botocore.auth", "botocore.credentials", "sqlalchemy.engine", "s
 # Key names that hold (or may hold) credentials; matched anywhere in the name.
 SECRET_KEY = re.compile(
     r"pass(word|wd|phrase)|secret|ssh_key|private_key|authori[sz]ation|credential|access_key|"
-    r"api_key|security_token|session_token|config_keys|config_encrypted|^cookie$",
+    r"api_key|security_token|session_token|config_keys|payload_keys|auth_token|token_hash|"
+    r"config_encrypted|^cookie$",
     re.IGNORECASE,
 )
 # `password=…`, `"Authorization": b'…'`, `secret: …` inside free text.
 SECRET_IN_TEXT = re.compile(
     r"""(?P<key>['"]?[\w-]*(?:password|passwd|passphrase|secret|authorization|security-token|"""
-    r"""x-amz-security-token|private_key|ssh_key)[\w-]*['"]?\s*[:=]\s*)"""
+    r"""x-amz-security-token|private_key|ssh_key|api_key|payload_keys|auth_token)[\w-]*['"]?\s*[:=]\s*)"""
     r"""(?P<value>b?'[^']*'|b?"[^"]*"|[^\s,;}\]]+)""",
     re.IGNORECASE,
 )
