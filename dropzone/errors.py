@@ -17,8 +17,8 @@ never contain a credential.
     │   ├── ConnectionInactiveError    CONNECTION_INACTIVE
     │   ├── ExportNotFoundError        EXPORT_NOT_FOUND
     │   ├── ConfigKeyError             CONFIG_KEY_UNAVAILABLE
-    │   ├── PayloadKeyError            PAYLOAD_KEY_UNAVAILABLE
     │   ├── ConfigBindingError         CONFIG_ROW_MISMATCH
+    │   ├── PayloadKeyError            PAYLOAD_KEY_UNAVAILABLE
     │   ├── AuthenticationError        AUTH_FAILED
     │   ├── HostKeyError               HOST_KEY_MISMATCH / HOST_KEY_UNKNOWN
     │   ├── PermissionDeniedError      PERMISSION_DENIED
@@ -110,16 +110,16 @@ class ConfigKeyError(PermanentError):
     code = "CONFIG_KEY_UNAVAILABLE"
 
 
-class ConfigBindingError(PermanentError):
-    """A connection's stored config was encrypted for another connection (row swap)."""
-
-    code = "CONFIG_ROW_MISMATCH"
-
-
 class PayloadKeyError(PermanentError):
     """A Temporal payload is under a key id DROPZONE_PAYLOAD_KEYS does not hold, or does not decrypt."""
 
     code = "PAYLOAD_KEY_UNAVAILABLE"
+
+
+class ConfigBindingError(PermanentError):
+    """A connection's stored config was encrypted for another connection (row swap)."""
+
+    code = "CONFIG_ROW_MISMATCH"
 
 
 class AuthenticationError(PermanentError):

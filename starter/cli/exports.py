@@ -33,8 +33,8 @@ from starter.cli.common import (
     parse_since,
     parse_uuid,
     print_json,
-    print_table,
     print_plain,
+    print_table,
     progress_bar,
     run,
     workflow_url,
@@ -114,9 +114,9 @@ def export_cmd(
 
 
 def _print_state(state: Any) -> None:
-    line = f"status: {state.status}  attempt: {state.attempt}  file: {state.filename or '-'}"
     # Ids and messages may come from the ERP: printed as plain text (markup off,
     # so "[/]" is text), and without anything a terminal would act on.
+    line = f"status: {state.status}  attempt: {state.attempt}  file: {state.filename or '-'}"
     if state.erp_order_id:
         line += f"  erp_order_id: {state.erp_order_id}"
     print_plain(line)
