@@ -556,7 +556,9 @@ async def test_sftp_login_cut_off_or_unanswered_is_retried_not_auth_failed(
 
     assert result.status == "SENT"
     assert {f.last_failure.application_failure_info.type for f in failures} == {"DROPZONE_UNAVAILABLE"}
-    assert all("during authentication" in f.last_failure.message for f in failures), failures[0].last_failure
+    # Failure messages travel encrypted (the payload codec): read them as an operator with the key does.
+    messages = [str(await client.data_converter.decode_failure(f.last_failure)) for f in failures]
+    assert all("during authentication" in message for message in messages), messages
     tally, _ = check_delivered_once(ledger, export_dir, [draft], status="SENT")
     assert report.partial == [] and report.rewritten == []
     record(
@@ -880,7 +882,7 @@ async def test_full_dropzone_is_retried_with_backoff_and_delivered_once_space_is
         partial_reads=len(report.partial),
         deliver_attempts=deliver.attempt,
         retry_intervals_s=[round(i.total_seconds(), 2) for i in intervals],
-        message=failures[0].last_failure.message,
+        message=str(await client.data_converter.decode_failure(failures[0].last_failure)),
     )
 
 
