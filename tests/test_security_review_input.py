@@ -127,8 +127,12 @@ async def _deactivated_then_active(cli, client, run_worker, target, ledger, refu
         assert inactive.last_error is not None and cid in inactive.last_error.message
         # The ERP answers now: two more looks (one began after the answer) take nothing.
         write_ack_atomically(target.ack_dir, f"ack_{sent.filename}", ack_body("SO-WHILE-INACTIVE"))
-        looked = (await listener_state(client, target.connection_id, _inactive)).listings
-        await listener_state(client, target.connection_id, lambda s: _inactive(s) and s.listings >= looked + 2, timeout=WAIT)
+        # A look refused for the inactive connection lists nothing; it only renews the error.
+        for _ in range(2):
+            before = (await listener_state(client, target.connection_id, _inactive)).last_error_at
+            await listener_state(
+                client, target.connection_id, lambda s: _inactive(s) and s.last_error_at != before, timeout=WAIT
+            )
         assert ledger.get_export(sent.export_id).status == "SENT"
         assert (target.ack_dir / f"ack_{sent.filename}").is_file()
         assert (await export_status(client, waiting["draft_order_id"])).waiting_for == "ack"

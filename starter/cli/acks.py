@@ -3,6 +3,7 @@ and the ack listeners that look for them (one per connection, workflows/ack_list
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 import typer
@@ -12,6 +13,7 @@ from dropzone.errors import InvalidConfigError
 from dropzone.settings import load_settings
 from starter.cli.common import (
     app,
+    err,
     format_time,
     handle_errors,
     open_ledger,
@@ -23,6 +25,7 @@ from starter.cli.common import (
 )
 
 acks_app = typer.Typer(help="Ack files written by the ERP.", no_args_is_help=True)
+LISTENER_QUERY_TIMEOUT = timedelta(seconds=5)
 app.add_typer(acks_app, name="acks")
 
 
@@ -103,14 +106,23 @@ def acks_listeners(
         else:
             query = f"WorkflowType = '{policies.LISTENER_WORKFLOW_TYPE}' AND ExecutionStatus = 'Running'"
             ids = sorted({execution.id async for execution in client.list_workflows(query)})
-        states = []
-        for workflow_id in ids:
+        async def ask(workflow_id: str) -> ListenerState | None:
+            # A query waits for a worker of the listener's task queue: bounded, and all
+            # asked at once, so that one listener whose workers are gone costs seconds, not the command.
             try:
-                states.append(await client.get_workflow_handle(workflow_id).query("state", result_type=ListenerState))
+                return await client.get_workflow_handle(workflow_id).query(
+                    "state", result_type=ListenerState, rpc_timeout=LISTENER_QUERY_TIMEOUT
+                )
             except Exception as exc:  # not running (yet), or its worker is away
                 if connection_id is not None:
                     raise InvalidConfigError(f"no ack listener answers for connection {connection_id}: {type(exc).__name__}") from None
-        return states
+                return None
+
+        answers = await asyncio.gather(*(ask(workflow_id) for workflow_id in ids))
+        silent = sum(1 for answer in answers if answer is None)
+        if silent:
+            err.print(f"{silent} running ack listener(s) did not answer (no worker on their task queue?)", highlight=False)
+        return [answer for answer in answers if answer is not None]
 
     states = run(go())
     if json_output:
