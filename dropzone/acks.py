@@ -1,4 +1,4 @@
-"""Ack file bodies written by the ERP (DESIGN 5.4). Pure parsing, no I/O.
+"""Ack file bodies written by the ERP (``ack_``/``error_`` files, README "Operating it"). Pure parsing, no I/O.
 
     ack_<file>    {"status": "ACKED", "erp_order_id": "SO-…", "processed_at": "…Z"}
     error_<file>  {"status": "FAILED", "error_code": "…", "message": "…",

@@ -1,4 +1,4 @@
-"""Dropzone connection configs (DESIGN 5.6): validation, storage form, display form.
+"""Dropzone connection configs: validation, storage form, display form.
 
 A config arrives from an operator (CLI, API) or from the decrypted
 ``erp_connection.config_encrypted`` column.  ``parse_connection_config`` is the

@@ -1,6 +1,6 @@
 """ERP connectors: one port, one registry, one implementation (DROPZONE_JSON_V1).
 
-Seed 004's lesson: there is exactly one connector interface. A new ERP
+There is exactly one connector interface (a second, parallel one is how integrations drift apart). A new ERP
 integration implements ``ERPConnectorPort`` and registers itself in the
 registry; activities look connectors up by ``erp_connection.connector_type``
 and never know which transport is behind one.

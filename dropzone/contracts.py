@@ -46,7 +46,7 @@ class ErrorInfo(_Contract):
 class ExportRequest(_Contract):
     """Input of ``ExportOrderWorkflow``: one approved draft for one ERP connection.
 
-    ``draft`` is the approved draft as JSON (DESIGN 5.1). It is validated by the
+    ``draft`` is the approved draft as JSON (``dropzone.export_v1.DraftOrder``). It is validated by the
     workflow itself, so that a backend in any language that sends a bad draft
     gets a failed run naming every bad field instead of a stuck workflow task.
     ``draft_ref`` is an object-storage key holding that JSON, for drafts too

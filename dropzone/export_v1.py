@@ -1,4 +1,4 @@
-"""The approved draft order (DESIGN 5.1) and the ``orderflow_export_json_v1`` file (5.2).
+"""The approved draft order and the ``orderflow_export_json_v1`` file.
 
 Two halves:
 
@@ -20,7 +20,7 @@ sha256, so it is part of the format):
   ends, one key per line, exactly like ``json.dumps(obj, indent=2,
   ensure_ascii=False)`` (number spelling aside: floats use the shortest
   round-trip form, e.g. ``1e16``);
-* keys always present and in the order of DESIGN 5.2; absent values are
+* keys always present and in the order of the ``ExportV1`` models below; absent values are
   ``null``;
 * timestamps in UTC with ``Z`` (``2025-12-26T10:00:00Z``, fractional seconds
   only if the draft had them), dates ``YYYY-MM-DD``, UUIDs lower-case with
@@ -193,7 +193,7 @@ _MODEL_CONFIG = ConfigDict(extra="ignore", frozen=True)
 
 
 # --------------------------------------------------------------------------
-# Input: the approved draft (DESIGN 5.1). Field order of the nested models is
+# Input: the approved draft. Field order of the nested models is
 # also their order in the export file (5.2), which is why they are reused
 # there: the spec gives both the same shape.
 # --------------------------------------------------------------------------
@@ -302,7 +302,7 @@ class DraftOrder(BaseModel):
 
 
 # --------------------------------------------------------------------------
-# Output: orderflow_export_json_v1 (DESIGN 5.2). Key order = field order.
+# Output: orderflow_export_json_v1. Key order = field order.
 # --------------------------------------------------------------------------
 
 

@@ -1,4 +1,4 @@
-"""File names and object keys (DESIGN 5.3). Pure functions, no I/O.
+"""File names and object keys. Pure functions, no I/O.
 
 Every name that reaches a transport goes through ``is_safe_filename``: the
 dropzone adapters join these names onto configured directories, so a name

@@ -1,6 +1,6 @@
 """The ERP's check of an ``orderflow_export_json_v1`` file, by streaming: any size, bounded memory.
 
-What a careful ERP checks: UTF-8 JSON; exactly the keys of DESIGN 5.2, in
+What a careful ERP checks: UTF-8 JSON; exactly the keys of ``ExportV1``, in
 their order, at every level (the fields of ``ExportV1`` and its nested
 models); every value as ``ExportV1`` types it. It goes through the drafts'
 own pipeline (dropzone/large_drafts.py): msgspec splits the document into raw
@@ -110,7 +110,7 @@ def _check_lines(raw: msgspec.Raw | None, result: ExportCheck, batch_lines: int)
 
 
 def key_problems(data: Any, model: type[BaseModel], path: str) -> list[str]:
-    """DESIGN 5.2: exactly the model's keys, in its field order, at every level."""
+    """Exactly the model's keys, in its field order, at every level."""
     if not isinstance(data, dict):
         return []  # the model reports the wrong type
     where = path or "(document)"

@@ -2,7 +2,7 @@
 
 It behaves like a careful ERP: it reads only complete export files (never
 ``*.tmp``), validates each against ``orderflow_export_json_v1`` (the
-``ExportV1`` model plus the key order DESIGN 5.2 fixes), and answers each with
+``ExportV1`` model plus the key order its field order fixes), and answers each with
 an ``ack_`` or ``error_`` file written atomically (a hidden temporary file,
 then a rename that never replaces).  Rejection rules and a processing delay
 are configurable.  It talks to the dropzone only through the transport layer

@@ -1,4 +1,4 @@
-"""ERP connections and export attempts in PostgreSQL (DESIGN 5.5)."""
+"""ERP connections and export attempts in PostgreSQL."""
 
 from dropzone.ledger.models import (
     EXPORT_FORMAT_VERSION,

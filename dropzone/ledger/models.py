@@ -1,4 +1,4 @@
-"""Tables ``erp_connection``, ``erp_export`` (DESIGN 5.5), ``erp_ack_rejection``,
+"""Tables ``erp_connection``, ``erp_export``, ``erp_ack_rejection``,
 ``api_token`` and ``erp_webhook_event``,
 and the value objects the repository hands out instead of live ORM rows.
 
@@ -95,7 +95,7 @@ class ErpConnection(Base):
     updated_at: Mapped[datetime] = _timestamp()
 
     __table_args__ = (
-        # Names from the SSOT schema (§5.4.15), which other services may already use.
+        # Names fixed by the order backend's schema, which other services may already use.
         Index("idx_erp_connection_org_type", "org_id", "connector_type", unique=True),
         Index("idx_erp_connection_org_active", "org_id", "active"),
     )

@@ -96,7 +96,7 @@ class Dropzone(Protocol):
         progress: ProgressCallback | None = None,
         attempt: int = 1,
     ) -> DeliveryResult:
-        """Idempotent, atomic delivery of ``size`` bytes hashing to ``sha256`` (DESIGN 4).
+        """Idempotent, atomic delivery of ``size`` bytes hashing to ``sha256``.
 
         The final name already holding the same bytes → ``already_present=True``;
         different bytes → ``DeliveryConflictError``; bytes that do not match

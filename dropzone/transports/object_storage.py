@@ -1,7 +1,7 @@
 """Object storage (S3 / MinIO / SeaweedFS) on boto3: the export bodies' safe copy.
 
 * boto3 >= 1.36 adds checksum headers that some S3-compatible stores reject,
-  so checksums are only sent/validated "when_required" (NOTES.md).  Our own
+  so checksums are only sent/validated "when_required" (boto3 >= 1.36 sends checksum headers some S3-compatible stores reject).  Our own
   integrity is the sha256 we compute while streaming, stored as user metadata
   ``sha256`` (a multipart ETag is not an MD5 of the body).  Every request body
   still carries Content-MD5, so the store rejects bytes damaged in transit.

@@ -1,6 +1,6 @@
 """SFTP dropzone on paramiko: verified host keys, pipelined writes, pooled connections.
 
-Why it looks the way it does (see NOTES.md):
+Why it looks the way it does (measured against OpenSSH and asyncssh servers):
 
 * The socket is ours (TCP_NODELAY, connect timeout); paramiko's ``timeout``
   would only cover the TCP connect, so banner, handshake, auth and channel

@@ -1,4 +1,4 @@
-"""erp_connection and erp_export (DESIGN 5.5, SSOT §5.4.15 plus workflow run columns)
+"""erp_connection and erp_export (the order backend's schema plus workflow run columns)
 
 Revision ID: 0001_initial
 Revises:

@@ -151,7 +151,7 @@ def _apply_webhook(raw: dict[str, Any], url: str | None, secret_file: str | None
 def connections_add(
     org: str = typer.Option(..., "--org", help="Organisation UUID."),
     config_file: str | None = typer.Option(
-        None, "--config-file", help="JSON config (DESIGN 5.6); '-' reads stdin. Better without secrets in it."
+        None, "--config-file", help="JSON config (see the README, Configuration); '-' reads stdin. Better without secrets in it."
     ),
     mode: str | None = typer.Option(None, "--mode", help="'filesystem' or 'sftp', for a config from flags."),
     host: str | None = typer.Option(None, "--host"),

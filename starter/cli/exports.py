@@ -52,7 +52,7 @@ def _finished(state: Any) -> bool:
 @app.command("export")
 @handle_errors
 def export_cmd(
-    file: Path = typer.Argument(..., help="Approved draft order JSON (DESIGN 5.1)."),
+    file: Path = typer.Argument(..., help="Approved draft order JSON."),
     connection: str = typer.Option(..., "--connection", help="ERP connection UUID."),
     wait: bool = typer.Option(False, "--wait", help="Wait until ACKED/FAILED (or SENT without ack path)."),
     timeout: float = typer.Option(600.0, "--timeout", help="Seconds to wait with --wait."),

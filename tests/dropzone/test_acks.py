@@ -1,4 +1,4 @@
-"""Ack file bodies (DESIGN 5.4)."""
+"""Ack file bodies."""
 
 from __future__ import annotations
 

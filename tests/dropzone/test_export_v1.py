@@ -1,4 +1,4 @@
-"""Draft validation and orderflow_export_json_v1 rendering (DESIGN 5.1, 5.2)."""
+"""Draft validation and orderflow_export_json_v1 rendering."""
 
 from __future__ import annotations
 

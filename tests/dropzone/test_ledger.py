@@ -51,7 +51,7 @@ CONFIG = {
 
 
 def filename_for(draft_order_id):
-    # DESIGN 5.3, spelled out here so these tests do not depend on dropzone.naming.
+    # The naming rules, spelled out here so these tests do not depend on dropzone.naming.
     def build(export_id, created_at):
         return f"sales_order_{draft_order_id.hex[:8]}_{created_at:%Y%m%d_%H%M%S}_{export_id.hex[:8]}.json"
 

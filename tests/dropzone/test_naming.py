@@ -1,4 +1,4 @@
-"""File names and object keys (DESIGN 5.3)."""
+"""File names and object keys."""
 
 from __future__ import annotations
 
