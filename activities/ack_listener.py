@@ -81,8 +81,7 @@ from dropzone.contracts import (
 )
 from dropzone.errors import DropzoneError, UnsafePathError
 from dropzone.ledger import ConnectionRecord, ExportRecord, ExportStatus, Ledger
-from dropzone.transports.ack_scan import list_ack_files
-from dropzone.transports.base import AckFile, Dropzone, FileDropzoneBase, is_export_name
+from dropzone.delivery import AckFile, Dropzone
 from workflows import policies
 
 log = logging.getLogger(__name__)
@@ -284,7 +283,7 @@ class AckListenerActivities:
         hand_over: HandOverFn,
     ) -> None:
         look = _Look(dropzone, connection, SWEEP_GRACE_POLLS * interval, tally, hand_over)
-        groups = _by_export(list_ack_files(dropzone))
+        groups = _by_export(dropzone.list_all_acks())
         tally.files = sum(len(acks) for acks in groups.values())
         fresh: list[tuple[str, list[AckFile]]] = []
         now = self._clock()
@@ -298,7 +297,7 @@ class AckListenerActivities:
         # The stable-size rule for files that may still be being written: one
         # second look (one more LIST) for all of them at once.
         self._sleep(SECOND_LOOK_SECONDS)
-        again = _by_export(list_ack_files(dropzone))
+        again = _by_export(dropzone.list_all_acks())
         now = self._clock()
         for filename, acks in fresh:
             if unchanged_since(acks, again.get(filename, []), now):
@@ -350,20 +349,12 @@ class AckListenerActivities:
     # --- stale temporary files -------------------------------------------------
 
     def _remove_stale_tmps(self, dropzone: Dropzone, connection: ConnectionRecord) -> int:
-        if not isinstance(dropzone, FileDropzoneBase):
-            return 0
-        removed = 0
-        older_than = self._clock() - policies.DELIVER_TIMEOUT.total_seconds()
-        for entry in dropzone._listdir(dropzone.export_path):
-            filename = _tmp_of(entry.name)
-            if filename is None or not entry.stat.is_file or entry.stat.is_link or entry.stat.mtime > older_than:
-                continue
+        def still_delivering(filename: str) -> bool:
             owner = self._ledger.get_export_by_filename(filename, erp_connection_id=connection.id)
-            if owner is not None and owner.status == ExportStatus.PENDING:
-                continue
-            with contextlib.suppress(DropzoneError):
-                dropzone._remove(dropzone._join(dropzone.export_path, entry.name))
-                removed += 1
+            return owner is not None and owner.status == ExportStatus.PENDING
+
+        older_than = self._clock() - policies.DELIVER_TIMEOUT.total_seconds()
+        removed = dropzone.remove_stale_tmps(older_than, keep=still_delivering)
         if removed:
             log.info("removed stale temporary files", extra={"erp_connection_id": str(connection.id), "removed": removed})
         return removed
@@ -374,12 +365,4 @@ def _by_export(acks: list[AckFile]) -> dict[str, list[AckFile]]:
     for ack in acks:
         groups.setdefault(ack.export_filename, []).append(ack)
     return groups
-
-
-def _tmp_of(name: str) -> str | None:
-    """The export file name of one of our ``<file>.<token>.tmp`` files; None for anything else."""
-    if not name.endswith(naming.TMP_SUFFIX) or not naming.is_safe_filename(name):
-        return None
-    filename, _, token = name[: -len(naming.TMP_SUFFIX)].rpartition(".")
-    return filename if token and is_export_name(filename) else None
 

@@ -63,8 +63,7 @@ from dropzone.contracts import AckOutcome, ErrorInfo, ExportRef
 from dropzone.errors import AckNotYetAvailable, DropzoneError, MalformedAckError, UnsafePathError
 from dropzone.ledger import ConnectionRecord, ExportRecord, ExportStatus, Ledger
 from dropzone.ledger.models import LATE_ACK_KEY
-from dropzone.transports.ack_scan import list_ack_files
-from dropzone.transports.base import AckFile, Dropzone
+from dropzone.delivery import AckFile, Dropzone
 
 log = logging.getLogger(__name__)
 
@@ -267,7 +266,7 @@ class AckActivities:
     def _sweep(self, dropzone: Dropzone, connection: ConnectionRecord, *, grace: float) -> None:
         now = self._clock()
         answered: set[str] = set()  # exports whose ack files were all handled at once
-        for ack in list_ack_files(dropzone):
+        for ack in dropzone.list_all_acks():
             if now - ack.mtime < grace or ack.export_filename in answered:
                 continue
             # Only this connection's exports: an ERP that names another

@@ -228,14 +228,14 @@ async def waiting_rows(stack: Stack, config: WaitingConfig) -> list[Row]:
 def _worker() -> None:
     """``worker.main()``, counting the dropzone requests it makes (and on the per-export poll if asked)."""
     import worker
-    from dropzone.transports.filesystem import FilesystemDropzone
+    from dropzone.transports.filesystem import FilesystemTransport
     from workflows import policies
 
     policies.ACK_LISTENER = os.environ.get(PATH_ENV) != "poll"
     calls: Counter[str] = Counter()
     lock = threading.Lock()
-    for attr, op in (("_listdir", "list"), ("_stat", "stat"), ("_read_prefix", "open"), ("_iter_file", "open")):
-        real = getattr(FilesystemDropzone, attr)
+    for attr, op in (("listdir", "list"), ("stat", "stat"), ("read_prefix", "open"), ("iter_file", "open")):
+        real = getattr(FilesystemTransport, attr)
 
         def counted(self: Any, *args: Any, _real: Any = real, _op: str = op, **kwargs: Any) -> Any:
             if self.ack_path and any(str(a).startswith(self.ack_path) for a in args):
@@ -243,7 +243,7 @@ def _worker() -> None:
                     calls[_op] += 1
             return _real(self, *args, **kwargs)
 
-        setattr(FilesystemDropzone, attr, counted)
+        setattr(FilesystemTransport, attr, counted)
     out = Path(os.environ[COUNTS_ENV])
 
     def dump() -> None:

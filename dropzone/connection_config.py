@@ -227,7 +227,8 @@ class SftpConfig(_Base):
         return self
 
     @property
-    def url(self) -> str:
+    def label(self) -> str:
+        """The connection's one label (messages, summaries, tables); never a secret."""
         return f"sftp://{self.username}@{self.host}:{self.port}"
 
 
@@ -239,7 +240,8 @@ class FilesystemConfig(_Base):
     _posix_paths: ClassVar[bool] = False
 
     @property
-    def url(self) -> str:
+    def label(self) -> str:
+        """The connection's one label (messages, summaries, tables); never a secret."""
         return f"file://{self.export_path}"
 
 
@@ -333,4 +335,4 @@ def redacted(cfg: SftpConfig | FilesystemConfig) -> dict[str, Any]:
 
 def describe(cfg: SftpConfig | FilesystemConfig) -> str:
     """A short, credential-free label for messages: ``sftp://user@host:22`` or ``file:///dir``."""
-    return cfg.url
+    return cfg.label

@@ -1,4 +1,10 @@
-"""ERP connectors: one port, one registry, one implementation (DROPZONE_JSON_V1).
+"""ERP connectors, and the one way to open a dropzone for a connection.
+
+``open_dropzone(config)`` (and ``open_transport`` for tooling that plays the
+ERP) is the one factory: activities, the CLI, the ERP simulator and the tests
+all open dropzones here, and every one is labelled ``config.label``.
+
+Connectors: one port, one registry, one implementation (DROPZONE_JSON_V1).
 
 There is exactly one connector interface (a second, parallel one is how integrations drift apart). A new ERP
 integration implements ``ERPConnectorPort`` and registers itself in the
@@ -8,8 +14,8 @@ and never know which transport is behind one.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 from dropzone.connection_config import (
@@ -17,15 +23,34 @@ from dropzone.connection_config import (
     SftpConfig,
     parse_connection_config,
 )
+from dropzone.delivery import DeliveryResult, Dropzone, ProbeResult
 from dropzone.errors import InvalidConfigError
 from dropzone.export_v1 import EXPORT_FORMAT_VERSION
-from dropzone.transports.base import DeliveryResult, Dropzone, ProbeResult
-from dropzone.transports.filesystem import FilesystemDropzone
+from dropzone.transports.base import Transport
+from dropzone.transports.filesystem import FilesystemTransport
 from dropzone.transports.sftp import SftpConnectionPool
 
 DROPZONE_JSON_V1 = "DROPZONE_JSON_V1"
 
 ConnectorConfig = SftpConfig | FilesystemConfig
+
+
+def open_transport(config: ConnectorConfig, *, pool: SftpConnectionPool | None = None) -> Transport:
+    """The primitives of the dropzone ``config`` describes, opened now (SFTP: connected,
+    host key verified, authenticated, so connection problems surface here as project
+    errors). With a ``pool``, an SFTP connection is borrowed and ``close()`` gives it back."""
+    if isinstance(config, FilesystemConfig):
+        return FilesystemTransport(config)
+    if isinstance(config, SftpConfig):
+        from dropzone.transports.sftp import SftpDropzone
+
+        return pool.open(config) if pool is not None else SftpDropzone.connect(config)
+    raise TypeError(f"not a connection config: {type(config).__name__}")
+
+
+def open_dropzone(config: ConnectorConfig, *, pool: SftpConnectionPool | None = None) -> Dropzone:
+    """A ``Dropzone`` session (a context manager) on the dropzone ``config`` describes."""
+    return Dropzone(open_transport(config, pool=pool))
 
 
 class ERPConnectorPort(Protocol):
@@ -74,22 +99,11 @@ class DropzoneJsonV1Connector:
         return parse_connection_config(dict(raw))
 
     def describe(self, config: ConnectorConfig) -> str:
-        if isinstance(config, SftpConfig):
-            port = "" if config.port == 22 else f":{config.port}"
-            return f"sftp://{config.host}{port}{config.export_path}"
-        return f"file://{config.export_path}"
+        return config.label
 
-    @contextmanager
-    def session(self, config: ConnectorConfig) -> Iterator[Dropzone]:
-        if isinstance(config, SftpConfig):
-            with self._sftp_pool.acquire(config) as dropzone:
-                yield dropzone
-        else:
-            dropzone = FilesystemDropzone(config)
-            try:
-                yield dropzone
-            finally:
-                dropzone.close()
+    def session(self, config: ConnectorConfig) -> Dropzone:
+        # SFTP connections come from the worker's pool (a handshake costs ~100 ms).
+        return open_dropzone(config, pool=self._sftp_pool)
 
     def export(
         self,

@@ -6,7 +6,7 @@ It behaves like a careful ERP: it reads only complete export files (never
 an ``ack_`` or ``error_`` file written atomically (a hidden temporary file,
 then a rename that never replaces).  Rejection rules and a processing delay
 are configurable.  It talks to the dropzone only through the transport layer
-(``ErpSide``), so it works against any connection the pipeline can deliver to.
+(``starter.erp_side``), so it works against any connection the pipeline can deliver to.
 
 Used by ``dropzone demo`` and ``dropzone dev`` (in a thread) and by
 ``dropzone erp-sim`` (in the foreground, against a user's staging dropzone).
@@ -25,15 +25,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from dropzone import errors, naming
-from dropzone.connection_config import (
-    FilesystemConfig,
-    SftpConfig,
-    parse_connection_config,
-)
+from dropzone.connection_config import parse_connection_config
 from dropzone.export_v1 import ExportV1
 from dropzone.large_drafts import Buffer
-from dropzone.transports.base import FileDropzoneBase, is_export_name
 from starter.erp_check import check_export
+from starter.erp_side import ErpSide, open_erp_side
 
 __all__ = [
     "Answer",
@@ -47,7 +43,6 @@ __all__ = [
 # Anything the pipeline delivers (a draft_ref draft is at most 512 MiB, its export
 # ~1.3× that): checked by streaming, so the limit is about disk and patience, not memory.
 MAX_EXPORT_BYTES = 1024 * 1024 * 1024
-READ_CHUNK = 1024 * 1024
 MAX_REPORTED_PROBLEMS = 5
 INVALID_FORMAT = "INVALID_FORMAT"
 INVALID_CUSTOMER = "INVALID_CUSTOMER"
@@ -129,49 +124,6 @@ class Answer:
 # ---------------------------------------------------------------------------
 
 
-def read_export_buffer(side: FileDropzoneBase, name: str, *, max_bytes: int) -> bytearray | None:
-    """The whole export in one buffer sized from its length (one copy, read 1 MiB at a
-    time); None when it is larger than ``max_bytes`` (nothing read then).
-
-    ``ErpSide.read_export`` returns bytes built up in pieces, which costs a second
-    copy of a large file (over SFTP); this uses the transport's stat and
-    chunked-read primitives of ``FileDropzoneBase`` instead.
-    """
-    if not is_export_name(name):
-        raise errors.InvalidConfigError(f"{side.label}: {name!r} is not an export file name")
-    path = side._join(side.export_path, name)
-    st = side._stat(path)
-    if st is None or not st.is_file:
-        raise errors.MissingDirectoryError(f"{side.label}: export file {path} does not exist")
-    if st.size > max_bytes:
-        return None
-    buffer = bytearray(st.size)
-    filled = 0
-    for chunk in side._iter_file(path, READ_CHUNK):
-        end = filled + len(chunk)
-        if end > max_bytes:
-            return None  # grew since the stat (the pipeline never writes to a published export)
-        buffer[filled:end] = chunk  # in place while within the stat's size
-        filled = end
-    del buffer[filled:]
-    return buffer
-
-
-def open_erp_side(config: SftpConfig | FilesystemConfig) -> FileDropzoneBase:
-    """The ERP's own session on the dropzone a connection config describes."""
-    if not config.ack_path:
-        raise errors.InvalidConfigError(
-            "the connection has no ack_path: the ERP simulator has nowhere to write its answers"
-        )
-    if isinstance(config, FilesystemConfig):
-        from dropzone.transports.filesystem import FilesystemDropzone
-
-        return FilesystemDropzone(config)
-    from dropzone.transports.sftp_extra import open_erp_side_sftp
-
-    return open_erp_side_sftp(config)
-
-
 class ErpSimulator:
     """Answers every complete export file in a dropzone, ``delay_seconds`` after first seeing it.
 
@@ -184,7 +136,7 @@ class ErpSimulator:
 
     def __init__(
         self,
-        open_side: Callable[[], FileDropzoneBase],
+        open_side: Callable[[], ErpSide],
         rules: ErpRules | None = None,
         *,
         delay_seconds: float = 0.0,
@@ -204,7 +156,7 @@ class ErpSimulator:
         self._on_answer = on_answer
         self._on_problem = on_problem
         self._clock = clock
-        self._side: FileDropzoneBase | None = None
+        self._side: ErpSide | None = None
         self._answered: set[str] | None = None  # read from the dropzone on the first scan
         self._due: dict[str, float] = {}
         self._sequence = 0
@@ -245,9 +197,9 @@ class ErpSimulator:
                     self._on_answer(answer)
         return answers
 
-    def _answer(self, side: FileDropzoneBase, name: str) -> Answer | None:
+    def _answer(self, side: ErpSide, name: str) -> Answer | None:
         try:
-            body = read_export_buffer(side, name, max_bytes=self.max_export_bytes)
+            body = side.read_export_buffer(name, max_bytes=self.max_export_bytes)
         except errors.MissingDirectoryError:
             return None  # removed between listing and reading
         answer = self.decide(name, body)
@@ -331,7 +283,7 @@ class ErpSimulator:
 
     # ----- session -----
 
-    def _session(self) -> FileDropzoneBase:
+    def _session(self) -> ErpSide:
         if self._side is None:
             self._side = self._open_side()
         return self._side

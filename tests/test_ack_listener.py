@@ -21,7 +21,7 @@ from temporalio.client import Client
 
 from dropzone.contracts import ListenerState
 from dropzone.ledger import Ledger
-from dropzone.transports.filesystem import FilesystemDropzone
+from dropzone.transports.filesystem import FilesystemTransport
 from starter.api import cancel_export, export_handle, start_export
 from tests.conftest import Target, make_target
 from tests.helpers import ack_body, error_body, make_draft, wait_for_state, write_ack_atomically
@@ -69,15 +69,15 @@ async def test_waiting_costs_one_listing_per_interval_and_no_stat_per_export(
     client: Client, run_worker, fs_target: Target, ledger: Ledger, monkeypatch
 ):
     calls: Counter[str] = Counter()
-    for name in ("_listdir", "_stat", "_read_prefix"):
-        real = getattr(FilesystemDropzone, name)
+    for name in ("listdir", "stat", "read_prefix"):
+        real = getattr(FilesystemTransport, name)
 
         def counting(self, *args, _real=real, _name=name, **kwargs):  # type: ignore[no-untyped-def]
             if self.ack_path == str(fs_target.ack_dir):
                 calls[_name] += 1
             return _real(self, *args, **kwargs)
 
-        monkeypatch.setattr(FilesystemDropzone, name, counting)
+        monkeypatch.setattr(FilesystemTransport, name, counting)
     drafts = [make_draft(org_id=fs_target.org_id) for _ in range(WAITING)]
     async with run_worker(client) as queue:
         for draft in drafts:
@@ -100,8 +100,8 @@ async def test_waiting_costs_one_listing_per_interval_and_no_stat_per_export(
 
     listings = seen.listings - first.listings
     # One LIST per interval for twelve waiting exports (±1: the counter and the query race), nothing else.
-    assert listings <= listed["_listdir"] <= listings + 1, (listed, listings)
-    assert listed["_stat"] == 0 and listed["_read_prefix"] == 0, listed
+    assert listings <= listed["listdir"] <= listings + 1, (listed, listings)
+    assert listed["stat"] == 0 and listed["read_prefix"] == 0, listed
     assert after == before and pending == [0] * WAITING  # the exports themselves do nothing while they wait
     assert [r.status for r in results] == ["ACKED"] * WAITING  # type: ignore[attr-defined]
     assert sorted(p.name for p in (fs_target.ack_dir / "processed").iterdir()) == sorted(f"ack_{s.filename}" for s in states)

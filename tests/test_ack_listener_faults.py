@@ -17,7 +17,7 @@ from temporalio.client import Client
 
 from dropzone import errors
 from dropzone.ledger import Ledger
-from dropzone.transports.base import FileDropzoneBase
+from dropzone.delivery import Dropzone
 from starter.api import export_handle, start_export
 from tests.conftest import Target
 from tests.helpers import ack_body, make_draft, wait_for_state, write_ack_atomically
@@ -75,7 +75,7 @@ async def _current_details(client: Client, target: Target) -> str:
 async def test_a_move_that_fails_after_the_hand_over_is_finished_next_look_recorded_once_moved_once(
     client: Client, run_worker, fs_target: Target, ledger: Ledger, monkeypatch
 ):
-    real_move = FileDropzoneBase.move_ack
+    real_move = Dropzone.move_ack
     failed: list[str] = []
 
     def move_fails_once(self, name, folder):  # type: ignore[no-untyped-def]
@@ -84,7 +84,7 @@ async def test_a_move_that_fails_after_the_hand_over_is_finished_next_look_recor
             raise errors.DropzoneUnavailableError("connection dropped before the move")
         return real_move(self, name, folder)
 
-    monkeypatch.setattr(FileDropzoneBase, "move_ack", move_fails_once)
+    monkeypatch.setattr(Dropzone, "move_ack", move_fails_once)
     draft = make_draft(org_id=fs_target.org_id)
     did = draft["draft_order_id"]
     async with run_worker(client) as queue:

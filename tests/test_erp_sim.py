@@ -18,8 +18,6 @@ from dropzone import errors, naming
 from dropzone.acks import parse_ack
 from dropzone.connection_config import parse_connection_config
 from dropzone.export_v1 import render_export, validate_draft
-from dropzone.transports.filesystem import FilesystemDropzone
-from dropzone.transports.sftp_extra import open_erp_side_sftp
 from starter.api import start_export
 from starter.erp_sim import (
     ErpRules,
@@ -168,7 +166,7 @@ def test_an_oversized_export_is_refused_without_reading_it_whole(tmp_path: Path)
 
 def test_write_ack_never_replaces_an_answer(tmp_path: Path) -> None:
     export_dir, ack_dir = dirs(tmp_path)
-    side = FilesystemDropzone(parse_connection_config(
+    side = open_erp_side(parse_connection_config(
         {"mode": "filesystem", "export_path": str(export_dir), "ack_path": str(ack_dir)}
     ))
     name = f"ack_{export_file(export_dir)}"
@@ -216,7 +214,7 @@ def test_answers_over_sftp_through_the_transport_layer(openssh_server) -> None: 
     processed = ack_dir / "processed"
     processed.mkdir()
     (ack_dir / f"ack_{good}").rename(processed / f"ack_{good}")
-    with open_erp_side_sftp(config) as side:
+    with open_erp_side(config) as side:
         assert side.answered_exports() == {good, broken}
         assert side.list_exports() == sorted([good, broken])
         assert side.read_export(good, max_bytes=10) == (export_dir / good).read_bytes()[:11]
@@ -227,7 +225,7 @@ def test_answers_over_sftp_through_the_transport_layer(openssh_server) -> None: 
 def test_listing_a_missing_directory_over_sftp_names_it(openssh_server) -> None:  # type: ignore[no-untyped-def]
     raw = openssh_server.config()
     raw["export_path"] = raw["export_path"] + "-missing"
-    with open_erp_side_sftp(parse_connection_config(raw)) as side, \
+    with open_erp_side(parse_connection_config(raw)) as side, \
             pytest.raises(errors.MissingDirectoryError, match="-missing"):
         side.list_exports()
 

@@ -22,7 +22,7 @@ from benchmarks.measured import MiB, Measured, run_measured
 from dropzone import naming
 from dropzone.connection_config import parse_connection_config
 from dropzone.export_v1 import export_head_and_tail, render_lines_chunk, validate_draft
-from starter.erp_sim import ErpRules, ErpSimulator, open_erp_side, read_export_buffer
+from starter.erp_sim import ErpRules, ErpSimulator, open_erp_side
 from tests.conftest import add_connection
 from tests.helpers import make_draft
 
@@ -106,8 +106,8 @@ def test_erp_side_reads_a_large_export_over_sftp_in_one_buffer(openssh_server) -
     ack_dir = openssh_server.local_path(config.ack_path)
     name, size = write_export(export_dir, chunks=20)
     with open_erp_side(config) as side:
-        assert read_export_buffer(side, name, max_bytes=size) == (export_dir / name).read_bytes()
-        assert read_export_buffer(side, name, max_bytes=size - 1) is None
+        assert side.read_export_buffer(name, max_bytes=size) == (export_dir / name).read_bytes()
+        assert side.read_export_buffer(name, max_bytes=size - 1) is None
     sim = ErpSimulator(lambda: open_erp_side(config), ErpRules())
     try:
         assert [a.status for a in sim.scan_once()] == ["ACKED"]

@@ -30,7 +30,7 @@ from dropzone.connection_config import parse_connection_config
 from dropzone.connectors import default_registry
 from dropzone.errors import UnsafePathError
 from dropzone.ledger import ExportRecord, Ledger
-from dropzone.transports import open_dropzone
+from dropzone.connectors import open_dropzone
 from tests.conftest import Target, make_target
 from tests.test_corpus_acks import open_export, poll
 from tests.fixtures.servers import SFTP_USER

@@ -2,7 +2,7 @@
 
 Durability: the temporary file is fsynced before the rename and the directory
 after it, so a crash never leaves the final name pointing at missing bytes.
-Every ``OSError`` is translated in ``_translate`` — the only place.
+Every ``OSError`` is translated in ``_translate`` through ``_ERRNO_MAP`` — the only place.
 
 Links: the ERP can write into export_path and ack_path, so it can plant
 symbolic links there (``error_<file>`` pointing at a secret, ``processed``
@@ -26,53 +26,55 @@ from dropzone import errors
 from dropzone.connection_config import FilesystemConfig
 from dropzone.transports.base import (
     DirEntry,
-    FileDropzoneBase,
+    Transport,
     HashingLimiter,
     ProgressCallback,
     StatResult,
 )
 
-__all__ = ["FilesystemDropzone"]
+__all__ = ["FilesystemTransport"]
 
-_UNAVAILABLE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
-_PERMISSION = {errno.EACCES, errno.EPERM, errno.EROFS}
-_MISSING = {errno.ENOENT, errno.ENOTDIR}
+# What each errno means, in one table (``_translate`` is the only reader). Anything
+# not listed (EIO, ESTALE, ETIMEDOUT, EHOSTDOWN …: a mount in trouble) is worth
+# retrying, like a full disk (ENOSPC, EDQUOT, EFBIG): DropzoneUnavailableError.
+_ERRNO_MAP: dict[int, type[errors.DropzoneError]] = {
+    errno.ENOENT: errors.MissingDirectoryError,
+    errno.ENOTDIR: errors.MissingDirectoryError,
+    errno.EACCES: errors.PermissionDeniedError,
+    errno.EPERM: errors.PermissionDeniedError,
+    errno.EROFS: errors.PermissionDeniedError,
+    errno.ELOOP: errors.UnsafePathError,  # O_NOFOLLOW met a link
+    errno.EEXIST: errors.DeliveryConflictError,
+    errno.ENOSPC: errors.DropzoneUnavailableError,
+    errno.EDQUOT: errors.DropzoneUnavailableError,
+    errno.EFBIG: errors.DropzoneUnavailableError,
+}
+_REASONS: dict[type[errors.DropzoneError], str] = {
+    errors.UnsafePathError: "it is a symbolic link; links under export_path and ack_path are never followed",
+}
 _NO_HARDLINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK, errno.EXDEV}
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 # O_NONBLOCK: opening a FIFO the ERP planted must not hang the worker (fstat refuses it next).
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
-class FilesystemDropzone(FileDropzoneBase):
+class FilesystemTransport(Transport):
     def __init__(self, config: FilesystemConfig) -> None:
         self.config = config
         self.export_path = config.export_path
         self.ack_path = config.ack_path
         self.atomic_write = config.atomic_write
         self.file_mode = config.file_mode
-        self.label = f"file://{config.export_path}"
+        self.label = config.label
 
     # ----- the one translation point -----
 
     def _translate(self, exc: OSError, action: str, path: str) -> errors.DropzoneError:
-        code = exc.errno
-        reason = os.strerror(code) if code else type(exc).__name__
-        where = f"{self.label}: cannot {action} {path}: {reason}"
-        if code in _MISSING:
-            return errors.MissingDirectoryError(where)
-        if code in _PERMISSION:
-            return errors.PermissionDeniedError(where)
-        if code == errno.ELOOP:  # O_NOFOLLOW met a link
-            return errors.UnsafePathError(
-                f"{self.label}: cannot {action} {path}: it is a symbolic link; links under "
-                "export_path and ack_path are never followed"
-            )
-        if code == errno.EEXIST:
-            return errors.DeliveryConflictError(f"{self.label}: {path} already exists; not overwriting")
-        if code in _UNAVAILABLE:
-            return errors.DropzoneUnavailableError(where)
-        # EIO, ESTALE, ETIMEDOUT, EHOSTDOWN …: a mount in trouble is worth retrying.
-        return errors.DropzoneUnavailableError(where)
+        error_class = _ERRNO_MAP.get(exc.errno or 0, errors.DropzoneUnavailableError)
+        if error_class is errors.DeliveryConflictError:
+            return error_class(f"{self.label}: {path} already exists; not overwriting")
+        reason = _REASONS.get(error_class) or (os.strerror(exc.errno) if exc.errno else type(exc).__name__)
+        return error_class(f"{self.label}: cannot {action} {path}: {reason}")
 
     @contextlib.contextmanager
     def _os(self, action: str, path: str) -> Iterator[None]:
@@ -134,10 +136,10 @@ class FilesystemDropzone(FileDropzoneBase):
 
     # ----- primitives -----
 
-    def _join(self, directory: str, name: str) -> str:
+    def join(self, directory: str, name: str) -> str:
         return os.path.join(directory, name)
 
-    def _stat(self, path: str) -> StatResult | None:
+    def stat(self, path: str) -> StatResult | None:
         with self._os("stat", path):
             try:
                 if os.path.normpath(path) in (self.export_path, self.ack_path):
@@ -162,7 +164,7 @@ class FilesystemDropzone(FileDropzoneBase):
             is_link=stat_mod.S_ISLNK(st.st_mode),
         )
 
-    def _listdir(self, directory: str) -> list[DirEntry]:
+    def listdir(self, directory: str) -> list[DirEntry]:
         entries: list[DirEntry] = []
         with self._os("list", directory):
             fd = self._open_dir(directory)
@@ -178,7 +180,7 @@ class FilesystemDropzone(FileDropzoneBase):
                 os.close(fd)
         return entries
 
-    def _write_new(
+    def write_new(
         self,
         path: str,
         chunks: Iterable[bytes],
@@ -229,7 +231,7 @@ class FilesystemDropzone(FileDropzoneBase):
             raise
         return fd
 
-    def _iter_file(self, path: str, chunk_size: int) -> Iterator[bytes]:
+    def iter_file(self, path: str, chunk_size: int) -> Iterator[bytes]:
         with self._at(path, "read") as (dir_fd, name), self._os("read", path):
             fd = self._open_regular(dir_fd, name, path)
             try:
@@ -238,7 +240,7 @@ class FilesystemDropzone(FileDropzoneBase):
             finally:
                 os.close(fd)
 
-    def _read_prefix(self, path: str, max_bytes: int) -> bytes | None:
+    def read_prefix(self, path: str, max_bytes: int) -> bytes | None:
         with self._at(path, "read") as (dir_fd, name), self._os("read", path):
             try:
                 fd = self._open_regular(dir_fd, name, path)
@@ -252,14 +254,14 @@ class FilesystemDropzone(FileDropzoneBase):
             finally:
                 os.close(fd)
 
-    def _publish(self, tmp: str, final: str) -> bool:
+    def publish(self, tmp: str, final: str) -> bool:
         with self._at(tmp, "rename to " + final) as (src_fd, src), self._at(final, "rename to") as (dst_fd, dst):
             with self._os("rename to " + final, tmp):
                 os.rename(src, dst, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
             self._fsync_fd(dst_fd, os.path.dirname(final))
         return True
 
-    def _rename_noreplace(self, src: str, dst: str) -> bool:
+    def rename_noreplace(self, src: str, dst: str) -> bool:
         # link() fails with EEXIST instead of replacing: no window where a racing
         # file could be overwritten.  Filesystems without hard links fall back to
         # check-then-rename.  A planted link is moved as the link, never followed.
@@ -285,12 +287,12 @@ class FilesystemDropzone(FileDropzoneBase):
             self._fsync_fd(src_fd, os.path.dirname(src))
         return True
 
-    def _remove(self, path: str) -> None:
+    def remove(self, path: str) -> None:
         with self._at(path, "remove") as (dir_fd, name):
             with self._os("remove", path), contextlib.suppress(FileNotFoundError):
                 os.unlink(name, dir_fd=dir_fd)
 
-    def _mkdir(self, path: str) -> None:
+    def mkdir(self, path: str) -> None:
         with self._at(path, "create directory") as (dir_fd, name):
             with self._os("create directory", path):
                 try:

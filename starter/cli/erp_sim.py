@@ -57,7 +57,7 @@ def erp_sim_cmd(
         on_answer=lambda answer: out.print(answer.describe(), highlight=False),
         on_problem=report_problem,
     )
-    where = f"{config.url} {config.export_path} (acks: {config.ack_path or '-'})"
+    where = f"{config.label} {config.export_path} (acks: {config.ack_path or '-'})"
     try:
         if once:
             try:

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import worker
-from dropzone.transports.base import FileDropzoneBase
+from dropzone.delivery import Dropzone
 from workflows import policies
 
 POINTS = ("after_s3_put", "mid_upload", "after_rename", "after_ack_recorded", "before_ack_moved")
@@ -163,14 +163,14 @@ def main() -> None:
         return faulty
 
     worker.build_adapters = build_faulty  # type: ignore[assignment]
-    real_move = FileDropzoneBase.move_ack
+    real_move = Dropzone.move_ack
 
-    def move_or_die(self: FileDropzoneBase, name: str, folder: Any) -> str:
+    def move_or_die(self: Dropzone, name: str, folder: Any) -> str:
         if folder == "processed":
             plan.maybe_die("before_ack_moved", name)
         return real_move(self, name, folder)
 
-    FileDropzoneBase.move_ack = move_or_die  # type: ignore[method-assign]
+    Dropzone.move_ack = move_or_die  # type: ignore[method-assign]
     worker.main()
 
 

@@ -1,4 +1,4 @@
-"""FilesystemDropzone on real directories (and real kernel errors where we can get them)."""
+"""The filesystem transport on real directories (and real kernel errors where we can get them)."""
 
 from __future__ import annotations
 
@@ -15,21 +15,21 @@ import pytest
 
 from dropzone import errors
 from dropzone.connection_config import FilesystemConfig, parse_connection_config
-from dropzone.transports import open_dropzone
-from dropzone.transports.base import Dropzone
-from dropzone.transports.filesystem import FilesystemDropzone
+from dropzone.connectors import open_dropzone
+from dropzone.delivery import Dropzone
+from dropzone.transports.filesystem import FilesystemTransport
 from tests.dropzone.transports._util import body_of, chunked, sha
 
 FILENAME = "sales_order_0a1b2c3d_20250101_120000_deadbeef.json"
 
 
-def make(tmp_path: Path, **overrides) -> FilesystemDropzone:
+def make(tmp_path: Path, **overrides) -> Dropzone:
     (tmp_path / "export").mkdir(exist_ok=True)
     (tmp_path / "ack").mkdir(exist_ok=True)
     cfg = {"mode": "filesystem", "export_path": str(tmp_path / "export"), "ack_path": str(tmp_path / "ack")}
     cfg.update(overrides)
     dz = open_dropzone(parse_connection_config(cfg))
-    assert isinstance(dz, FilesystemDropzone)
+    assert isinstance(dz.transport, FilesystemTransport)
     return dz
 
 
@@ -175,12 +175,12 @@ def test_permission_denied_as_unprivileged_user():
         cfg = FilesystemConfig(export_path=str(base / "export"), ack_path=str(base / "ack"))
 
         def attempt():
-            return FilesystemDropzone(cfg).deliver(FILENAME, [b"{}"], size=2, sha256=sha(b"{}"), token="t")
+            return open_dropzone(cfg).deliver(FILENAME, [b"{}"], size=2, sha256=sha(b"{}"), token="t")
 
         assert _as_nobody(attempt)[:3] == ("err", "PermissionDeniedError", "PERMISSION_DENIED")
-        moved = _as_nobody(lambda: FilesystemDropzone(cfg).move_ack(f"ack_{FILENAME}", "processed"))
+        moved = _as_nobody(lambda: open_dropzone(cfg).move_ack(f"ack_{FILENAME}", "processed"))
         assert moved[:3] == ("err", "PermissionDeniedError", "PERMISSION_DENIED")
-        probe = _as_nobody(lambda: FilesystemDropzone(cfg).probe())
+        probe = _as_nobody(lambda: open_dropzone(cfg).probe())
         assert probe[0] == "ok" and not probe[1].ok and probe[1].detail.startswith("PERMISSION_DENIED")
     finally:
         import shutil
@@ -190,7 +190,7 @@ def test_permission_denied_as_unprivileged_user():
 
 def test_disk_full_is_transient_and_leaves_no_tmp(tiny_tmpfs):
     (tiny_tmpfs / "export").mkdir()
-    dz = FilesystemDropzone(FilesystemConfig(export_path=str(tiny_tmpfs / "export")))
+    dz = open_dropzone(FilesystemConfig(export_path=str(tiny_tmpfs / "export")))
     data = body_of(1024 * 1024)
     with pytest.raises(errors.DropzoneUnavailableError) as info:
         deliver(dz, data)
@@ -201,7 +201,7 @@ def test_disk_full_is_transient_and_leaves_no_tmp(tiny_tmpfs):
 def test_read_only_filesystem_is_permission_denied(tiny_tmpfs):
     (tiny_tmpfs / "export").mkdir()
     subprocess.run(["mount", "-o", "remount,ro", str(tiny_tmpfs)], check=True)
-    dz = FilesystemDropzone(FilesystemConfig(export_path=str(tiny_tmpfs / "export")))
+    dz = open_dropzone(FilesystemConfig(export_path=str(tiny_tmpfs / "export")))
     with pytest.raises(errors.PermissionDeniedError):
         deliver(dz, b"{}")
 
@@ -223,7 +223,7 @@ def test_read_only_filesystem_is_permission_denied(tiny_tmpfs):
 )
 def test_error_translation_table(tmp_path, code, expected):
     dz = make(tmp_path)
-    err = dz._translate(OSError(code, os.strerror(code)), "write", "/x/y")
+    err = dz.transport._translate(OSError(code, os.strerror(code)), "write", "/x/y")
     assert type(err) is expected
     assert "/x/y" in str(err)
 
