@@ -20,7 +20,8 @@ never contain a credential.
     │   ├── ConfigBindingError         CONFIG_ROW_MISMATCH
     │   ├── PayloadKeyError            PAYLOAD_KEY_UNAVAILABLE
     │   ├── AuthenticationError        AUTH_FAILED
-    │   ├── HostKeyError               HOST_KEY_MISMATCH / HOST_KEY_UNKNOWN
+    │   ├── HostKeyError               HOST_KEY_MISMATCH
+    │   │   └── HostKeyUnknownError    HOST_KEY_UNKNOWN
     │   ├── PermissionDeniedError      PERMISSION_DENIED
     │   ├── MissingDirectoryError      MISSING_DIRECTORY
     │   ├── DeliveryConflictError      DELIVERY_CONFLICT
@@ -127,7 +128,15 @@ class AuthenticationError(PermanentError):
 
 
 class HostKeyError(PermanentError):
+    """The server's host key differs from the pinned one."""
+
     code = "HOST_KEY_MISMATCH"
+
+
+class HostKeyUnknownError(HostKeyError):
+    """No host key is pinned: trusting a server's key is an explicit operator act."""
+
+    code = "HOST_KEY_UNKNOWN"
 
 
 class PermissionDeniedError(PermanentError):

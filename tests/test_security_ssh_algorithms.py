@@ -12,13 +12,13 @@ import hashlib
 import re
 from pathlib import Path
 
-import paramiko
 import pytest
 
 from dropzone.connection_config import parse_connection_config
 from dropzone.errors import InvalidConfigError, SshAlgorithmError
 from dropzone.ssh_algorithms import CURRENT, LEGACY, UNAVAILABLE
-from dropzone.transports.sftp import SftpDropzone, fetch_host_key
+from dropzone.delivery import Dropzone
+from dropzone.transports.sftp import SftpTransport, _paramiko, fetch_host_key
 from tests.fixtures.servers import dedicated_openssh_server
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -29,19 +29,14 @@ WEAK = {
     "diffie-hellman-group1-sha1", "diffie-hellman-group14-sha1", "diffie-hellman-group-exchange-sha1",
 }
 PSEUDO_KEX = ("ext-info-", "kex-strict-")
-TABLES = {
-    "kex": paramiko.Transport._kex_info,
-    "keys": paramiko.Transport._key_info,
-    "ciphers": paramiko.Transport._cipher_info,
-    "macs": paramiko.Transport._mac_info,
-}
+TABLES = _paramiko.implemented_algorithms()
 
 
 def test_the_offer_on_the_wire_holds_only_current_algorithms(openssh_server):
     assert WEAK & {name for table in TABLES.values() for name in table}, "paramiko implements no weak one?"
-    with SftpDropzone.connect(parse_connection_config(openssh_server.config())) as dz:
-        transport = dz._s.transport
-        sent = transport._get_latest_kex_init()  # the KEXINIT we sent the server
+    with SftpTransport.connect(parse_connection_config(openssh_server.config())) as sftp:
+        transport = sftp._s.transport
+        sent = _paramiko.sent_kex_init(transport)  # the KEXINIT we sent the server
         pubkeys = transport.preferred_pubkeys
     offered = {
         "kex": [k for k in sent["kex_algo_list"] if not k.startswith(PSEUDO_KEX)],
@@ -84,7 +79,7 @@ def test_a_legacy_only_server_is_refused_unless_the_connection_allows_it(
     with dedicated_openssh_server(ssh_client_keys, sshd_config) as server:
         for allowed in ([], [other]):  # nothing, or another legacy algorithm: refused
             with pytest.raises(SshAlgorithmError) as refused:
-                SftpDropzone.connect(parse_connection_config(server.config(legacy_algorithms=allowed)))
+                SftpTransport.connect(parse_connection_config(server.config(legacy_algorithms=allowed)))
             error = refused.value
             assert error.code == "SSH_ALGORITHM_MISMATCH" and not error.retryable
             assert f"the server offers no {what} this connection allows" in error.message
@@ -94,8 +89,8 @@ def test_a_legacy_only_server_is_refused_unless_the_connection_allows_it(
         assert server.auth_attempts(server.username) == 0, "credentials reached a server we refused"
 
         config = parse_connection_config(server.config(legacy_algorithms=[legacy]))
-        with SftpDropzone.connect(config) as dz:
-            transport = dz._s.transport
+        with Dropzone(SftpTransport.connect(config)) as dz:
+            transport = dz.transport._s.transport
             assert legacy in (transport.local_cipher, transport.local_mac)
             assert legacy in (transport.remote_cipher, transport.remote_mac)
             result = dz.deliver(
@@ -119,7 +114,7 @@ def test_a_server_that_needs_an_algorithm_the_library_dropped_is_refused_clearly
     with dedicated_openssh_server(ssh_client_keys, sshd_config) as server:
         pin = server.host_key_fingerprints["ssh-rsa" if name == "ssh-rsa" else "ssh-ed25519"]
         with pytest.raises(SshAlgorithmError) as refused:
-            SftpDropzone.connect(parse_connection_config(server.config(host_key=pin)))
+            SftpTransport.connect(parse_connection_config(server.config(host_key=pin)))
         message = refused.value.message
         assert f"the server offers no {what} this connection allows: it offers {name}" in message
         assert f"{name} cannot be enabled" in message
