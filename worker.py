@@ -51,9 +51,9 @@ from dropzone.crypto import ConfigCipher
 from dropzone.errors import DropzoneError, InvalidConfigError, TemporalUnavailableError
 from dropzone.ledger import Ledger
 from dropzone.logging_setup import configure_logging
+from dropzone.object_store import ObjectStore
 from dropzone.settings import Settings, invalid_settings_message, load_settings
 from dropzone.temporal_connection import connect_options, describe_failure
-from dropzone.transports.object_storage import ObjectStore
 from starter.codec import build_data_converter
 from workflows import policies
 from workflows.ack_listener import AckListenerWorkflow

@@ -35,7 +35,7 @@ from dropzone.errors import InvalidConfigError, InvalidDraftError
 from dropzone.export_v1 import DraftOrder, iter_render_export, validate_draft
 from dropzone.large_drafts import DraftHead, stream_validated_export
 from dropzone.ledger import Ledger
-from dropzone.transports.object_storage import ObjectStore
+from dropzone.object_store import ObjectStore
 
 # Rendered exports up to this size stay in memory; larger ones spill to a temp
 # file so a 300,000-line order is never held whole several times.

@@ -23,7 +23,7 @@ from dropzone.connection_config import config_to_storable, parse_connection_conf
 from dropzone.connectors import DROPZONE_JSON_V1
 from dropzone.crypto import ConfigCipher
 from dropzone.ledger import Ledger, migrate
-from dropzone.transports.object_storage import ObjectStore
+from dropzone.object_store import ObjectStore
 from starter.codec import generate_key as generate_payload_key
 from tests.fixtures.postgres import _EmbeddedPostgres, create_database
 from tests.fixtures.servers import (

@@ -38,7 +38,7 @@ from dropzone.contracts import (
 )
 from dropzone.draft_files import MAX_DRAFT_BYTES
 from dropzone.errors import ExportNotFoundError, TemporalUnavailableError
-from dropzone.transports.object_storage import ObjectStore
+from dropzone.object_store import ObjectStore
 from starter.draft_intake import DraftCheck, DraftInput, prepare_draft
 from workflows.export_order import RETRY_REJECTED, ExportOrderWorkflow
 from workflows import policies

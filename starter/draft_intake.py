@@ -39,7 +39,7 @@ from dropzone.draft_files import (
     too_large,
 )
 from dropzone.export_v1 import DOCUMENT, DraftOrder, invalid_draft, validate_draft
-from dropzone.transports.object_storage import ObjectStore
+from dropzone.object_store import ObjectStore
 
 # What start_export takes: decoded JSON, its bytes (or text), a file path, or a binary stream.
 DraftInput = Union[dict[str, Any], bytes, bytearray, memoryview, str, "os.PathLike[str]", BinaryIO]

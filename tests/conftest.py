@@ -13,7 +13,7 @@ import pytest
 from dropzone.connection_config import config_to_storable, parse_connection_config
 from dropzone.connectors import DROPZONE_JSON_V1
 from dropzone.ledger import Ledger
-from dropzone.transports.object_storage import ObjectStore
+from dropzone.object_store import ObjectStore
 
 pytest_plugins = [
     "tests.fixtures.postgres",

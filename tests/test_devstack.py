@@ -26,7 +26,7 @@ import pytest
 
 from dropzone.crypto import ConfigCipher
 from dropzone.ledger import Ledger
-from dropzone.transports.object_storage import ObjectStore
+from dropzone.object_store import ObjectStore
 from starter.demo import DEMO_ORG_ID, SAMPLE_DRAFT
 from starter.devstack import free_ports
 

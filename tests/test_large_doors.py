@@ -112,7 +112,7 @@ async def test_cli_exports_a_large_draft_by_reference_in_bounded_memory(  # type
     keys = draft_objects(seaweedfs, large.org_id)
     large_keys = [k for k in keys if f"/{large.draft_order_id}/" in k]
     assert len(large_keys) == 1
-    stored = object_store.get_bytes(large_keys[0], max_bytes=large.size)
+    stored = object_store.get_buffer(large_keys[0], max_bytes=large.size)
     assert stored == large.path.read_bytes()
 
 

@@ -1,15 +1,12 @@
-"""ObjectStore's fast paths against real SeaweedFS: one streamed PUT, and pipelined multipart.
+"""ObjectStore's one upload path against real SeaweedFS: one streamed PUT, verified before its end.
 
-Large bodies go up in one PUT whose last bytes are held back until the source
-has hashed to the expected sha256; the multipart path (above
-``single_put_limit``) uploads several parts at once from views of the
-caller's chunks. Both must store exactly the bytes or nothing.
+Every body goes up in one PUT whose last bytes are held back until the source
+has hashed to the expected sha256 at the expected size: exactly the bytes are
+stored, or nothing, with a chunk or two in memory.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
 import os
 import tracemalloc
 import uuid
@@ -18,14 +15,11 @@ from collections.abc import Iterator
 import pytest
 
 from dropzone import errors
-from dropzone.transports.object_storage import MULTIPART_THRESHOLD, ObjectInfo, ObjectStore, _PiecesReader
+from dropzone.object_store import ObjectInfo, ObjectStore
+from tests.helpers import sha256_of
 
 MiB = 1024 * 1024
-SIZE = MULTIPART_THRESHOLD + 7 * MiB + 123  # streamed path; not a whole number of chunks
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+SIZE = 23 * MiB + 123  # not a whole number of chunks
 
 
 def chunked(data: bytes, n: int = MiB) -> Iterator[bytes]:
@@ -42,17 +36,6 @@ def body() -> bytes:
     return os.urandom(SIZE)
 
 
-@pytest.fixture
-def multipart_store(seaweedfs) -> Iterator[ObjectStore]:  # type: ignore[no-untyped-def]
-    # A low single-PUT limit sends these sizes through the multipart path.
-    store = ObjectStore(
-        seaweedfs.endpoint_url, seaweedfs.bucket, seaweedfs.access_key, seaweedfs.secret_key,
-        region=seaweedfs.region, single_put_limit=MULTIPART_THRESHOLD,
-    )
-    yield store
-    store.close()
-
-
 def stored_bytes(store: ObjectStore, key: str) -> bytes:
     return b"".join(store.iter_chunks(key))
 
@@ -61,11 +44,11 @@ def test_streamed_put_stores_the_bytes_with_bounded_memory(object_store: ObjectS
     key = new_key()
     tracemalloc.start()
     try:
-        object_store.put(key, chunked(body), sha256=sha(body), size=len(body))
+        object_store.put(key, chunked(body), sha256=sha256_of(body), size=len(body))
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert object_store.head(key) == ObjectInfo(size=len(body), sha256=sha(body))
+    assert object_store.head(key) == ObjectInfo(size=len(body), sha256=sha256_of(body))
     assert stored_bytes(object_store, key) == body
     assert peak < 8 * MiB, peak  # a chunk or two in flight, never the body
 
@@ -84,7 +67,7 @@ def test_streamed_put_stores_nothing_unless_verified(
     object_store: ObjectStore, body: bytes, make_source, claimed_sha: str, claimed_size: int, reason: str  # type: ignore[no-untyped-def]
 ) -> None:
     key = new_key()
-    expected = sha(body) if claimed_sha == "right" else sha(b"other")
+    expected = sha256_of(body) if claimed_sha == "right" else sha256_of(b"other")
     with pytest.raises(errors.IntegrityError) as info:
         object_store.put(key, make_source(body), sha256=expected, size=claimed_size)
     # Our own check aborted the request (not the store's checksum), so this holds on
@@ -93,22 +76,7 @@ def test_streamed_put_stores_nothing_unless_verified(
     assert object_store.head(key) is None
 
 
-def test_multipart_path_pipelines_parts_and_verifies(multipart_store: ObjectStore, body: bytes) -> None:
-    key = new_key()
-    # Odd chunk sizes: parts are cut through the middle of chunks.
-    multipart_store.put(key, chunked(body, 3 * MiB + 17), sha256=sha(body), size=len(body))
-    assert multipart_store.head(key) == ObjectInfo(size=len(body), sha256=sha(body))
-    assert stored_bytes(multipart_store, key) == body
-
-    bad = new_key()
-    with pytest.raises(errors.IntegrityError):
-        multipart_store.put(bad, chunked(body), sha256=sha(b"nope"), size=len(body))
-    assert multipart_store.head(bad) is None
-    uploads = multipart_store._client.list_multipart_uploads(Bucket=multipart_store.bucket, Prefix=bad)
-    assert uploads.get("Uploads", []) == []
-
-
-def test_multipart_path_copies_mutable_chunks(multipart_store: ObjectStore, body: bytes) -> None:
+def test_put_copies_mutable_chunks(object_store: ObjectStore, body: bytes) -> None:
     # A source that reuses one buffer must not change bytes already handed over.
     def reused_buffer() -> Iterator[bytearray]:
         buffer = bytearray(MiB)
@@ -118,23 +86,5 @@ def test_multipart_path_copies_mutable_chunks(multipart_store: ObjectStore, body
             yield buffer if len(piece) == MiB else bytearray(piece)
 
     key = new_key()
-    multipart_store.put(key, reused_buffer(), sha256=sha(body), size=len(body))
-    assert stored_bytes(multipart_store, key) == body
-
-
-def test_pieces_reader_reads_and_seeks_across_pieces() -> None:
-    data = os.urandom(100_000)
-    view = memoryview(data)
-    reader = _PiecesReader([view[i : i + 7777] for i in range(0, len(data), 7777)])
-    assert len(reader) == len(data)
-    out = b""
-    while block := reader.read(3000):
-        out += block
-    assert out == data
-    reader.seek(12_345)
-    assert reader.read(10) == data[12_345:12_355] and reader.tell() == 12_355
-    reader.seek(-5, io.SEEK_END)
-    assert reader.read() == data[-5:]
-    reader.seek(0)
-    buffer = bytearray(100)
-    assert reader.readinto(buffer) == 100 and bytes(buffer) == data[:100]
+    object_store.put(key, reused_buffer(), sha256=sha256_of(body), size=len(body))
+    assert stored_bytes(object_store, key) == body

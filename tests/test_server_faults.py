@@ -51,8 +51,8 @@ from dropzone.crypto import ConfigCipher
 from dropzone.errors import DropzoneError
 from dropzone.export_v1 import render_export, validate_draft
 from dropzone.ledger import ExportRecord, Ledger
+from dropzone.object_store import DEFAULT_CHUNK, ObjectStore
 from dropzone.transports.base import is_export_name
-from dropzone.transports.object_storage import DEFAULT_CHUNK, ObjectStore
 from dropzone.transports.sftp import SftpConnectionPool, _SendBoundSocket
 from starter.api import export_handle, start_export
 from tests.chaos.observer import AckResponder, PartialReadObserver

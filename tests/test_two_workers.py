@@ -40,8 +40,8 @@ from temporalio.client import Client
 
 from dropzone.export_v1 import render_export, validate_draft
 from dropzone.ledger import Ledger
+from dropzone.object_store import ObjectStore
 from dropzone.transports.base import is_export_name
-from dropzone.transports.object_storage import ObjectStore
 from starter.api import export_handle, start_export, wait_for_result
 from tests.chaos import scale
 from tests.chaos.observer import AckResponder, PartialReadObserver

@@ -22,8 +22,8 @@ from temporalio.client import Client
 
 from dropzone.ledger import Ledger
 from dropzone.ledger.tokens import ApiTokenRecord, ApiTokens
+from dropzone.object_store import ObjectStore
 from dropzone.settings import Settings
-from dropzone.transports.object_storage import ObjectStore
 from starter.http.problems import ProblemError
 
 # Bodies of every route but push (retry reasons and the like) stay small.
