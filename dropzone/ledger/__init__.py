@@ -12,17 +12,15 @@ from dropzone.ledger.models import (
     ExportRecord,
     ExportStatus,
 )
-from dropzone.ledger.repository import (
+from dropzone.ledger.engine import (
     DATABASE_URL_ENV,
-    VERSION_TABLE,
-    Ledger,
-    alembic_config,
     create_ledger_engine,
     describe_database,
-    migrate,
     psycopg_url,
     translate_db_errors,
 )
+from dropzone.ledger.repository import Ledger
+from dropzone.ledger.schema import VERSION_TABLE, alembic_config, migrate
 
 __all__ = [
     "DATABASE_URL_ENV",

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dropzone.errors import InvalidConfigError, PermanentError
 from dropzone.ledger.models import ApiToken, ErpConnection, ErpExport, UtcDatetime, _Record
-from dropzone.ledger.repository import translate_db_errors
+from dropzone.ledger.engine import translate_db_errors
 
 TOKEN_PREFIX = "dzt_"
 TOKEN_BYTES = 32

@@ -17,7 +17,8 @@ from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from dropzone.ledger.models import ErpWebhookEvent, WebhookEventRecord, WebhookEventStatus
-from dropzone.ledger.repository import Ledger, translate_db_errors
+from dropzone.ledger.engine import translate_db_errors
+from dropzone.ledger.repository import Ledger
 from dropzone.webhooks import WebhookEvent
 
 _TABLE = ErpWebhookEvent.__table__

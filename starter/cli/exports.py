@@ -19,7 +19,7 @@ import typer
 from dropzone.draft_files import file_size
 from dropzone.errors import InvalidConfigError
 from dropzone.export_v1 import DraftOrder
-from dropzone.ledger import ExportRecord, ExportStatus, Ledger
+from dropzone.ledger import ExportRecord, ExportStatus
 from dropzone.ledger.webhooks import WebhookEvents
 from dropzone.settings import Settings, load_settings
 from starter.cli.common import (
@@ -40,10 +40,6 @@ from starter.cli.common import (
     workflow_url,
     workflows_query_url,
 )
-
-# Ledger rows read per query while collecting an org's FAILED exports.
-SCAN_PAGE = 500
-
 
 def _finished(state: Any) -> bool:
     return state.status in ("ACKED", "FAILED") or (state.status == "SENT" and state.waiting_for == "nothing")
@@ -177,28 +173,6 @@ def _retry_one(did: UUID, *, dry_run: bool, reason: str | None, json_output: boo
         out.print(f"retried draft {did}: attempt {attempt} started", highlight=False)
 
 
-def failed_draft_ids(ledger: Ledger, org_id: UUID) -> list[UUID]:
-    """Drafts of the org whose latest attempt is FAILED, newest failure first.
-
-    A draft with a FAILED first attempt and an ACKED retry is not failed.
-    """
-    seen: dict[UUID, None] = {}
-    offset = 0
-    while True:
-        page = ledger.list_exports(org_id=org_id, status=ExportStatus.FAILED, limit=SCAN_PAGE, offset=offset)
-        for record in page:
-            seen.setdefault(record.draft_order_id, None)
-        if len(page) < SCAN_PAGE:
-            break
-        offset += SCAN_PAGE
-    failed = []
-    for draft_order_id in seen:
-        latest = ledger.latest_export(draft_order_id)
-        if latest is not None and latest.status == ExportStatus.FAILED:
-            failed.append(draft_order_id)
-    return failed
-
-
 def _retry_all_failed(org_id: UUID, *, dry_run: bool, reason: str | None, json_output: bool) -> None:
     from starter.api import RetryOutcome, failed_running_drafts, retry_exports
     from worker import connect_client
@@ -208,11 +182,9 @@ def _retry_all_failed(org_id: UUID, *, dry_run: bool, reason: str | None, json_o
 
     async def go() -> list[RetryOutcome]:
         client = await connect_client(settings)
-        drafts = failed_draft_ids(ledger, org_id)
+        drafts = ledger.failed_draft_ids(org_id)
         # Runs that failed before opening an attempt have no row; Temporal knows them.
-        for draft_order_id in await failed_running_drafts(client, org_id):
-            if draft_order_id not in drafts and ledger.latest_export(draft_order_id) is None:
-                drafts.append(draft_order_id)
+        drafts += ledger.drafts_without_attempt(await failed_running_drafts(client, org_id))
         if not drafts:
             return []
         with progress_bar(len(drafts), "checking" if dry_run else "retrying", enabled=not json_output) as advance:
@@ -295,13 +267,12 @@ def status_cmd(
     settings = load_settings()
     ledger = open_ledger(settings)
     try:
-        rows = ledger.list_exports(draft_order_id=did, limit=1000)
+        rows = ledger.draft_attempts(did)
         callbacks = WebhookEvents(ledger).for_draft(did)
     finally:
         ledger.dispose()
     if not rows:
         raise fail(f"no export recorded for draft {did}")
-    rows = sorted(rows, key=lambda r: r.attempt)
     if json_output:
         print_json({
             "draft_order_id": str(did), "org_id": str(rows[0].org_id), "attempts": [_export_row(r, settings) for r in rows],

@@ -231,10 +231,9 @@ async def retry_push(
     responses=responses(401, 404, 422, 503),
 )
 def draft_exports(draft_order_id: DraftId, token: CurrentToken, ledger: LedgerDep, settings: SettingsDep) -> Any:
-    rows = ledger.list_exports(draft_order_id=draft_order_id, org_id=token.org_id, limit=1000)
+    rows = ledger.draft_attempts(draft_order_id, org_id=token.org_id)
     if not rows:
         raise _not_found(draft_order_id)
-    rows.sort(key=lambda r: r.attempt)
     callbacks = [e for e in WebhookEvents(ledger).for_draft(draft_order_id) if e.org_id == token.org_id]
     return DraftExports(
         draft_order_id=draft_order_id, org_id=rows[0].org_id, attempts=[ExportAttempt.of(r, settings) for r in rows],

@@ -7,10 +7,8 @@ from typing import Any
 
 from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
-from sqlalchemy import text
 
 from dropzone.errors import DropzoneError
-from dropzone.ledger.repository import translate_db_errors
 from starter.http.deps import ResourcesDep
 from starter.http.problems import ProblemError, responses
 from starter.http.schemas import Health, Ready
@@ -39,16 +37,12 @@ async def readyz(resources: ResourcesDep) -> Ready:
         client = await resources.client()
         await client.workflow_service.get_system_info(_system_info_request())
 
-    def postgresql() -> None:
-        with translate_db_errors(resources.ledger.engine.url), resources.ledger.engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
-
     def s3() -> None:
         resources.store.head(PROBE_KEY)
 
     checks = {
         "temporal": temporal(),
-        "postgresql": run_in_threadpool(postgresql),
+        "postgresql": run_in_threadpool(resources.ledger.ping),
         "s3": run_in_threadpool(s3),
     }
     results = await asyncio.gather(*(_within(name, check) for name, check in checks.items()))
