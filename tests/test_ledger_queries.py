@@ -6,6 +6,7 @@ counted with SQLAlchemy's ``before_cursor_execute`` event on the ledger's engine
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,11 +14,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import event, update
+from typer.testing import CliRunner
 
 from dropzone.errors import LedgerUnavailableError
-from dropzone.ledger import ErpExport, ExportRecord, ExportStatus, Ledger
+from dropzone.ledger import ErpAckRejection, ErpExport, ExportRecord, ExportStatus, Ledger
+from starter.cli import app
 from tests.dropzone.test_ledger import CONFIG, open_attempt
 from tests.fixtures.postgres import free_port
+from tests.test_corpus_acks import cli_env  # noqa: F401 (fixture)
 
 T0 = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
 
@@ -139,3 +143,30 @@ def test_ping_is_one_select_and_names_only_host_port_and_database_when_down(ledg
         down.dispose()
     assert caught.value.message == f"database unavailable: 127.0.0.1:{port}/ledger"
     assert "pw-not-for-messages" not in str(caught.value)
+
+
+def test_acks_rejected_since_reads_the_option_like_every_other_command(ledger: Ledger, connection, cli_env) -> None:
+    def reject(name: str) -> uuid.UUID:
+        return ledger.record_ack_rejection(
+            org_id=connection.org_id, erp_connection_id=connection.id, ack_file=name,
+            reason="malformed", moved_to=f"/acks/error/{name}",
+        ).id
+
+    recent, old = reject("ack_recent.json"), reject("ack_old.json")
+    with ledger.engine.begin() as conn:
+        conn.execute(update(ErpAckRejection).where(ErpAckRejection.id == old).values(created_at=datetime.now(UTC) - timedelta(hours=3)))
+    org = str(connection.org_id)
+
+    for since in ("2h", "120 M"):  # the shared parser: spaces and upper case units too
+        result = CliRunner().invoke(app, ["acks", "rejected", "--org", org, "--since", since, "--json"], env=cli_env)
+        assert result.exit_code == 0, result.stderr
+        assert [row["id"] for row in json.loads(result.stdout)] == [str(recent)]
+    everything = CliRunner().invoke(app, ["acks", "rejected", "--org", org, "--json"], env=cli_env)
+    assert [row["id"] for row in json.loads(everything.stdout)] == [str(recent), str(old)]
+
+    bad = CliRunner().invoke(app, ["acks", "rejected", "--org", org, "--since", "yesterday"], env=cli_env)
+    assert bad.exit_code == 2 and bad.stdout == ""
+    assert bad.stderr.strip().splitlines() == [
+        "error: --since 'yesterday': expected a duration such as 30m, 2h, 7d or an ISO date/time "
+        "such as 2025-12-01 or 2025-12-01T10:00:00Z"
+    ]

@@ -4,7 +4,7 @@ and the ack listeners that look for them (one per connection, workflows/ack_list
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import typer
 from rich.markup import escape
@@ -18,6 +18,7 @@ from starter.cli.common import (
     handle_errors,
     open_ledger,
     out,
+    parse_since,
     parse_uuid,
     print_json,
     print_table,
@@ -27,21 +28,6 @@ from starter.cli.common import (
 acks_app = typer.Typer(help="Ack files written by the ERP.", no_args_is_help=True)
 LISTENER_QUERY_TIMEOUT = timedelta(seconds=5)
 app.add_typer(acks_app, name="acks")
-
-
-def _parse_since(value: str | None) -> datetime | None:
-    """``24h``, ``7d``, ``30m`` or an ISO 8601 timestamp (UTC when it has no offset)."""
-    if value is None:
-        return None
-    units = {"m": "minutes", "h": "hours", "d": "days"}
-    text = value.strip()
-    if text[:-1].isdigit() and text[-1:] in units:
-        return datetime.now(UTC) - timedelta(**{units[text[-1]]: int(text[:-1])})
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise InvalidConfigError(f"--since {value!r}: use e.g. 24h, 7d or 2025-01-31T00:00:00Z") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 @acks_app.command("rejected")
@@ -56,11 +42,10 @@ def acks_rejected(
     """Ack files moved to <ack_path>/error/ instead of being accepted, newest first."""
     connection_id = parse_uuid(connection, "--connection") if connection else None
     org_id = parse_uuid(org, "--org") if org else None
+    since_at = parse_since(since) if since is not None else None
     ledger = open_ledger(load_settings())
     try:
-        rows = ledger.list_ack_rejections(
-            org_id=org_id, connection_id=connection_id, since=_parse_since(since), limit=limit
-        )
+        rows = ledger.list_ack_rejections(org_id=org_id, connection_id=connection_id, since=since_at, limit=limit)
     finally:
         ledger.dispose()
     if json_output:
