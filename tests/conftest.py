@@ -17,7 +17,11 @@ from dropzone.object_store import ObjectStore
 
 pytest_plugins = [
     "tests.fixtures.postgres",
-    "tests.fixtures.servers",
+    "tests.fixtures.sftp_common",
+    "tests.fixtures.sshd",
+    "tests.fixtures.asyncssh_server",
+    "tests.fixtures.seaweedfs",
+    "tests.fixtures.ftps",
     "tests.fixtures.temporal",
     "tests.fixtures.operators",
 ]

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-import time
 import uuid
 
 import pytest
@@ -28,7 +27,7 @@ from activities.acks import AckActivities
 from dropzone.acks import parse_ack
 from starter.api import export_handle, start_export
 from tests.chaos.observer import AckResponder
-from tests.helpers import ack_body, error_body, make_draft
+from tests.helpers import ack_body, error_body, eventually_sync, make_draft
 from tests.test_corpus_acks import open_export, poll, put_file
 
 pytestmark = pytest.mark.chaos
@@ -52,10 +51,7 @@ async def test_ack_that_arrives_before_sent_is_recorded_once(
         # The file is published; hold SENT back until the ERP's ack is already there.
         record = ledger.get_export(export_id)
         ack = target.ack_dir / f"ack_{record.filename}"
-        deadline = time.monotonic() + ACK_SEEN_DEADLINE
-        while not ack.exists():
-            assert time.monotonic() < deadline, f"the ERP never answered {record.filename}"
-            time.sleep(0.01)
+        eventually_sync(ack.exists, timeout=ACK_SEEN_DEADLINE, every=0.01, what=f"the ERP answering {record.filename}")
         held.set()
         return real_mark_sent(export_id, **kwargs)
 

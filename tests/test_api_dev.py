@@ -9,12 +9,12 @@ import json
 import re
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import httpx
 
 from starter.devstack import free_ports
+from tests.helpers import eventually_sync
 from tests.test_devstack import REPO, _no_leftovers, clean_env, dropzone_dev, wait_without_survivors  # noqa: F401
 
 CURL_HINT = "install curl: apt-get install -y curl"
@@ -58,14 +58,13 @@ def test_dev_serves_the_api_and_the_readme_curl_block_works(tmp_path: Path) -> N
         assert "exports" in listed and listed["filters"]["status"] == "FAILED", listed
 
         headers = {"Authorization": f"Bearer {token}"}
-        deadline = time.monotonic() + DEADLINE
-        attempts: list[dict] = []
-        while time.monotonic() < deadline:
+
+        def acked() -> list[dict] | None:  # type: ignore[type-arg]
             response = httpx.get(pushed["status_url"], headers=headers, timeout=10)
             attempts = response.json().get("attempts", []) if response.status_code == 200 else []
-            if attempts and attempts[-1]["status"] == "ACKED":
-                break
-            time.sleep(0.3)
+            return attempts if attempts and attempts[-1]["status"] == "ACKED" else None
+
+        attempts = eventually_sync(acked, timeout=DEADLINE, every=0.3, what="the pushed export ACKED")
         assert attempts and attempts[-1]["status"] == "ACKED" and attempts[-1]["erp_order_id"], attempts
         dev.wait_for(f"ERP simulator: ACKED  {attempts[-1]['filename']}")
         assert dev.interrupt() == 0, dev.output()

@@ -10,13 +10,13 @@ import uuid
 import pytest
 
 from dropzone.export_v1 import render_export, validate_draft
-from tests.helpers import ack_body, error_body, make_draft, write_ack_atomically
+from tests.helpers import ack_body, error_body, eventually, make_draft, write_ack_atomically
 from tests.test_api_support import (  # noqa: F401  (fixture)
+    API_DEADLINE,
     api_server,
     assert_problem,
     attempts,
     dropzone_files,
-    eventually,
     push_body,
     wait_for_attempt,
 )
@@ -79,7 +79,7 @@ async def test_double_push_makes_one_run_and_one_file_then_409_unless_force(
                 refused = await http.post(f"/draft-orders/{did}/push", json=body)
                 return refused.status_code == 409 and refused
 
-            refused = await eventually(closed, "the push after the run closed being refused")
+            refused = await eventually(closed, timeout=API_DEADLINE, what="the push after the run closed being refused")
             problem = assert_problem(refused, 409, "run-closed")
             assert "force" in problem["detail"]
             assert len(ledger.list_exports(draft_order_id=uuid.UUID(did))) == 1

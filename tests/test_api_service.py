@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import time
 from pathlib import Path
 
 import httpx
@@ -18,6 +17,7 @@ import pytest
 from starter.devstack import free_ports
 from starter.http import create_app, serving
 from tests.fixtures.operators import DROPZONE, REPO_ROOT
+from tests.helpers import eventually
 from tests.test_api_support import api_server, api_settings, assert_problem  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -28,18 +28,17 @@ SECRET_PASSWORD = "Sentinel-DB-Pw-5c1e"
 
 
 async def _wait_healthy(url: str, proc: asyncio.subprocess.Process, log: Path) -> None:
-    deadline = time.monotonic() + START_DEADLINE
     async with httpx.AsyncClient(timeout=2.0) as http:
-        while time.monotonic() < deadline:
+
+        async def healthy() -> bool:
             if proc.returncode is not None:
                 raise AssertionError(f"dropzone api exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                if (await http.get(f"{url}/healthz")).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.2)
-    raise AssertionError(f"dropzone api did not answer within {START_DEADLINE:.0f} s:\n{log.read_text()[-3000:]}")
+            return (await http.get(f"{url}/healthz")).status_code == 200
+
+        await eventually(
+            healthy, timeout=START_DEADLINE, every=0.2, ignoring=(httpx.TransportError,),
+            what=lambda: f"dropzone api answering:\n{log.read_text()[-3000:]}",
+        )
 
 
 async def test_dropzone_api_serves_the_checked_in_openapi_docs_and_readiness(dropzone_env, tmp_path):

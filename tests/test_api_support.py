@@ -8,10 +8,8 @@ fixtures into a test module with ``from tests.test_api_support import api_server
 
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +21,7 @@ import pytest
 from dropzone.ledger.tokens import ApiTokens
 from dropzone.settings import Settings
 from starter.http import serving
+from tests.helpers import eventually
 
 API_DEADLINE = 60.0
 
@@ -76,18 +75,6 @@ def push_body(connection_id: uuid.UUID, draft: dict[str, Any], **extra: Any) -> 
     return {"erp_connection_id": str(connection_id), "draft": draft, **extra}
 
 
-async def eventually(check: Callable[[], Awaitable[Any]], what: str, timeout: float = API_DEADLINE) -> Any:
-    """``await check()`` until it returns something truthy (then that), or fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = await check()
-        if last:
-            return last
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"{what} did not happen within {timeout:.0f} s (last: {last!r})")
-
-
 async def attempts(http: httpx.AsyncClient, draft_order_id: str) -> list[dict[str, Any]]:
     """Every attempt of the draft's export, through the API (empty while it has none)."""
     response = await http.get(f"/draft-orders/{draft_order_id}/exports")
@@ -104,7 +91,9 @@ async def wait_for_attempt(
         rows = [a for a in await attempts(http, draft_order_id) if a["attempt"] == number]
         return rows[0] if rows and rows[0]["status"] in statuses else None
 
-    return await eventually(check, f"attempt {number} of {draft_order_id} reaching {'/'.join(statuses)}")  # type: ignore[no-any-return]
+    return await eventually(  # type: ignore[no-any-return]
+        check, timeout=API_DEADLINE, every=0.2, what=f"attempt {number} of {draft_order_id} reaching {'/'.join(statuses)}"
+    )
 
 
 def dropzone_files(export_dir: Path) -> list[str]:

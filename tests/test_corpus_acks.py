@@ -8,7 +8,6 @@ sweep over SFTP); the activity runs in Temporal's ActivityEnvironment.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import time
@@ -31,7 +30,7 @@ from dropzone.ledger import ExportRecord, Ledger
 from starter.api import start_export
 from starter.cli.common import app
 from tests.conftest import Target, add_connection
-from tests.helpers import ack_body, error_body, make_draft, wait_for_state
+from tests.helpers import ack_body, error_body, eventually, make_draft, wait_for_state
 
 DATA = Path(__file__).parent / "data" / "bad_acks"
 INDEX: dict[str, dict[str, str]] = json.loads((DATA / "index.json").read_text(encoding="utf-8"))
@@ -294,7 +293,7 @@ async def test_workflow_waiting_for_its_ack_sweeps_an_unknown_one(client: Client
 
 
 async def wait_for_rejection(ledger: Ledger, connection_id: uuid.UUID, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not ledger.list_ack_rejections(connection_id=connection_id):
-        assert time.monotonic() < deadline, "the unknown ack was never swept"
-        await asyncio.sleep(0.2)
+    await eventually(
+        lambda: ledger.list_ack_rejections(connection_id=connection_id), timeout=timeout, every=0.2,
+        what="the unknown ack swept",
+    )

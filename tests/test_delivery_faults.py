@@ -4,7 +4,7 @@ and a final name that already exists."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
+import contextlib
 import os
 import threading
 import time
@@ -22,24 +22,27 @@ from dropzone.contracts import ExportRef, OpenAttemptInput, RenderInput
 from dropzone.export_v1 import render_export, validate_draft
 from starter.api import export_handle, start_export
 from tests.conftest import add_connection
-from tests.helpers import make_draft, wait_for_state
+from tests.helpers import eventually, eventually_sync, make_draft, pending_activity, sha256_of, wait_for_state
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
 def _stop_when_tmp_appears(directory: Path, server, stopped: threading.Event, give_up: float) -> None:  # type: ignore[no-untyped-def]
     """Stop the SFTP server the moment a temp file shows up: a crash mid-upload."""
-    deadline = time.monotonic() + give_up
-    while time.monotonic() < deadline:
-        try:
-            names = os.listdir(directory)
-        except FileNotFoundError:  # the test has already ended
-            return
-        if any(name.endswith(".tmp") for name in names):
-            server.stop()
-            stopped.set()
-            return
-        time.sleep(0.0005)
+    def tmp_appeared() -> bool:
+        return any(name.endswith(".tmp") for name in os.listdir(directory))
+
+    # FileNotFoundError: the test has already ended; AssertionError: no upload began (the test says so).
+    with contextlib.suppress(FileNotFoundError, AssertionError):
+        eventually_sync(tmp_appeared, timeout=give_up, every=0.0005, what="a temp file")
+        server.stop()
+        stopped.set()
+
+
+async def a_retry_failed(client: Client, draft_order_id: str) -> bool:
+    """The deliver is on its third execution: the first (cut off) and a retry have failed."""
+    pending = await pending_activity(client, draft_order_id, "deliver")
+    return pending is not None and pending.attempt >= 3 and pending.HasField("last_failure")
 
 
 async def test_sftp_server_stopped_mid_delivery_then_restarted_delivers_once(
@@ -66,7 +69,9 @@ async def test_sftp_server_stopped_mid_delivery_then_restarted_delivers_once(
             )
             await asyncio.get_running_loop().run_in_executor(None, stopped.wait, 60)
             assert stopped.is_set(), "delivery never started"
-            await asyncio.sleep(2)  # at least one failed retry against the stopped server
+            await eventually(  # at least one failed retry against the stopped server
+                lambda: a_retry_failed(client, draft["draft_order_id"]), what="a retry failing against the stopped server"
+            )
             openssh_server.start()
             result = await asyncio.wait_for(export_handle(client, draft["draft_order_id"]).result(), 90)
     finally:
@@ -74,7 +79,7 @@ async def test_sftp_server_stopped_mid_delivery_then_restarted_delivers_once(
     assert result.status == "SENT"
     finals = [p for p in export_dir.iterdir() if p.name.endswith(".json")]
     assert [p.name for p in finals] == [result.filename]
-    assert hashlib.sha256(finals[0].read_bytes()).hexdigest() == hashlib.sha256(expected).hexdigest()
+    assert sha256_of(finals[0]) == sha256_of(expected)
     row = ledger.get_export(result.export_id)
     assert row.status == "SENT" and row.size_bytes == len(expected)
 

@@ -29,6 +29,7 @@ from dropzone.ledger import Ledger
 from dropzone.object_store import ObjectStore
 from starter.demo import DEMO_ORG_ID, SAMPLE_DRAFT
 from starter.devstack import free_ports
+from tests.helpers import eventually_sync
 
 DROPZONE = [sys.executable, "-m", "starter.cli"]
 REPO = Path(__file__).resolve().parents[1]
@@ -133,13 +134,13 @@ def survivors(data_dir: Path) -> list[str]:
 
 
 def wait_without_survivors(data_dir: Path, timeout: float = 10.0) -> list[str]:
+    """The stack's processes still alive once they are all gone: [] (else the wait fails naming them)."""
     # A server that exited may take a moment to be reaped by init.
-    deadline = time.monotonic() + timeout
-    left = survivors(data_dir)
-    while left and time.monotonic() < deadline:
-        time.sleep(0.2)
-        left = survivors(data_dir)
-    return left
+    eventually_sync(
+        lambda: not survivors(data_dir), timeout=timeout, every=0.2,
+        what=lambda: f"no process of {data_dir} left (left: {survivors(data_dir)})",
+    )
+    return []
 
 
 def kill_survivors(data_dir: Path) -> None:
@@ -267,9 +268,10 @@ def test_ctrl_c_during_startup_leaves_no_process(tmp_path: Path) -> None:
         # Interrupt as soon as `pg_ctl start` has begun (it creates the server log): the
         # postmaster it forks outlives pg_ctl, and the library has no handle on it yet.
         started = data_dir / "postgres" / "log"
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while not started.exists() and dev.proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.01)
+        eventually_sync(
+            lambda: started.exists() or dev.proc.poll() is not None, timeout=STARTUP_TIMEOUT, every=0.01,
+            what="pg_ctl start beginning",
+        )
         assert started.exists(), dev.output()
         code = dev.interrupt()
         assert code in (0, 130), dev.output()

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import time
 import uuid
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from temporalio.api.enums.v1 import EventType
@@ -18,6 +18,7 @@ from starter.api import export_handle, retry_export, start_export
 from tests.helpers import (
     ack_body,
     error_body,
+    eventually,
     make_draft,
     wait_for_state,
     write_ack_atomically,
@@ -94,10 +95,9 @@ async def test_malformed_ack_goes_to_error_folder_and_is_not_acked(client: Clien
         await start_export(client, erp_connection_id=target.connection_id, draft=draft, task_queue=queue)
         state = await wait_for_state(client, did, lambda s: s.waiting_for == "ack")
         write_ack_atomically(target.ack_dir, f"ack_{state.filename}", b'{"status": "ACKED", "erp_ord')
-        deadline = time.monotonic() + 15
-        while not (target.ack_dir / "error" / f"ack_{state.filename}").exists():
-            assert time.monotonic() < deadline, "malformed ack was never moved to error/"
-            await asyncio.sleep(0.2)
+        await eventually(
+            (target.ack_dir / "error" / f"ack_{state.filename}").exists, timeout=15, what="the malformed ack moved to error/"
+        )
         assert ledger.get_export(state.export_id).status == "SENT"
         # A good ack afterwards is still accepted.
         write_ack_atomically(target.ack_dir, f"ack_{state.filename}", ack_body("SO-3"))
@@ -147,11 +147,10 @@ async def test_search_attributes_follow_the_status(client: Client, run_worker, f
         state = await wait_for_state(client, did, lambda s: s.waiting_for == "ack")
         write_ack_atomically(target.ack_dir, f"error_{state.filename}", error_body())
         await wait_for_state(client, did, lambda s: s.status == "FAILED")
-        deadline = time.monotonic() + 15
-        found = []
-        while time.monotonic() < deadline and not found:
-            found = [w async for w in client.list_workflows(f'DraftOrderId="{did}" AND ExportStatus="FAILED"')]
-            await asyncio.sleep(0.3)
+        async def listed() -> list[Any]:
+            return [w async for w in client.list_workflows(f'DraftOrderId="{did}" AND ExportStatus="FAILED"')]
+
+        found = await eventually(listed, timeout=15, every=0.3, what="the FAILED run in visibility")
         assert len(found) == 1 and found[0].id == f"erp-export-{did}"
         desc = await client.get_workflow_handle(f"erp-export-{did}").describe()
         assert await desc.static_summary() == "PO-12345 · acme · 2 lines"

@@ -37,7 +37,7 @@ from tests.chaos.report import record
 from tests.chaos.scale import size
 from tests.conftest import Target
 from tests.fixtures.temporal import TEST_DATA_CONVERTER
-from tests.helpers import ack_body, error_body, make_draft, wait_for_state, write_ack_atomically
+from tests.helpers import ack_body, error_body, eventually, make_draft, wait_for_state, write_ack_atomically
 from workflows import policies
 from workflows.ack_listener import AckListenerWorkflow
 from workflows.export_order import ExportOrderWorkflow
@@ -121,13 +121,15 @@ def failed_with_ack_timeout(state: ExportState) -> bool:
 
 async def ledger_row(ledger: Ledger, export_id: uuid.UUID, predicate, *, timeout: float = 30.0) -> ExportRecord:  # type: ignore[no-untyped-def]
     """The row once ``predicate`` holds (the sweep runs inside another export's poll)."""
-    deadline = time.monotonic() + timeout
-    row = ledger.get_export(export_id)
-    while not predicate(row):
-        assert time.monotonic() < deadline, f"export {export_id} never reached the expected state; last: {row}"
-        await asyncio.sleep(0.2)
-        row = ledger.get_export(export_id)
-    return row
+    rows: list[ExportRecord] = []
+
+    def reached() -> ExportRecord | None:
+        rows.append(ledger.get_export(export_id))
+        return rows[-1] if predicate(rows[-1]) else None
+
+    return await eventually(
+        reached, timeout=timeout, every=0.2, what=lambda: f"export {export_id} reaching the expected state; last: {rows[-1:]}"
+    )
 
 
 async def run_into_ack_timeout(env, ledger: Ledger, target: Target, draft: dict, queue: str) -> ExportState:  # type: ignore[no-untyped-def, type-arg]

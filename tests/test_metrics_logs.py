@@ -7,11 +7,9 @@ import io
 import json
 import logging
 import socket
-import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import structlog
@@ -22,10 +20,11 @@ from temporalio.client import Client
 from dropzone.logging_setup import ALWAYS_QUIET, CHATTY_LIBRARIES, configure_logging
 from starter.api import retry_export, start_export
 from tests.fixtures.operators import REPO_ROOT, WORKER
-from tests.fixtures.servers import free_port
 from tests.helpers import (
     ack_body,
     error_body,
+    eventually,
+    free_port,
     make_draft,
     wait_for_state,
     write_ack_atomically,
@@ -54,13 +53,6 @@ def total(samples: dict[str, list[tuple[dict[str, str], float]]], name: str, **l
     return sum(value for found, value in samples.get(name, []) if labels.items() <= found.items())
 
 
-async def wait_for_file(path: Path) -> None:
-    deadline = time.monotonic() + WAIT
-    while not path.exists():
-        assert time.monotonic() < deadline, f"{path} never appeared"
-        await asyncio.sleep(0.2)
-
-
 async def export_until_waiting_for_ack(client: Client, target, queue: str) -> tuple[str, str]:  # type: ignore[no-untyped-def]
     draft = make_draft(org_id=target.org_id)
     await start_export(client, erp_connection_id=target.connection_id, draft=draft, task_queue=queue)
@@ -77,7 +69,7 @@ async def test_worker_serves_sdk_and_export_metrics(worker_process, client: Clie
         acked, acked_file = await export_until_waiting_for_ack(client, fs_target, worker.task_queue)
         # A malformed ack first: moved to error/ and counted, then the good one.
         write_ack_atomically(fs_target.ack_dir, f"ack_{acked_file}", b'{"status": "ACKED", "erp_ord')
-        await wait_for_file(fs_target.ack_dir / "error" / f"ack_{acked_file}")
+        await eventually((fs_target.ack_dir / "error" / f"ack_{acked_file}").exists, timeout=WAIT, what="the bad ack in error/")
         write_ack_atomically(fs_target.ack_dir, f"ack_{acked_file}", ack_body("SO-1"))
 
         rejected, rejected_file = await export_until_waiting_for_ack(client, fs_target, worker.task_queue)

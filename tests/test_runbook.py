@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-import time
 import uuid
 
 import pytest
@@ -20,7 +19,7 @@ from temporalio.client import Client
 from starter.api import start_export
 from starter.devstack import find_binary
 from tests.conftest import add_connection
-from tests.helpers import ack_body, make_draft, wait_for_state, write_ack_atomically
+from tests.helpers import ack_body, eventually, make_draft, wait_for_state, write_ack_atomically
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -41,12 +40,15 @@ def temporal_cli(client: Client, *args: str) -> str:
 
 async def temporal_cli_until(client: Client, needles: list[str], *args: str) -> str:
     """Visibility (list/describe) is eventually consistent: ask again until it shows."""
-    deadline = time.monotonic() + WAIT
-    while True:
-        output = await asyncio.to_thread(temporal_cli, client, *args)
-        if all(needle in output for needle in needles) or time.monotonic() > deadline:
-            return output
-        await asyncio.sleep(0.5)
+    outputs: list[str] = []
+
+    async def shows() -> str | None:
+        outputs.append(await asyncio.to_thread(temporal_cli, client, *args))
+        return outputs[-1] if all(needle in outputs[-1] for needle in needles) else None
+
+    return await eventually(
+        shows, timeout=WAIT, every=0.5, what=lambda: f"temporal {' '.join(args)} showing {needles} (shown: {outputs[-1:]})"
+    )
 
 
 def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
@@ -147,13 +149,11 @@ async def test_acks_not_processed(dropzone_cli_in_process, client: Client, run_w
         details = await asyncio.to_thread(temporal_cli, client, "workflow", "metadata", "--workflow-id", wid)
         listener = f"erp-ack-listener-{target.connection_id}"
         assert f"waiting for ack_{filename} since" in details and f"listened for by {listener} every 1 s" in details, details
-        deadline = time.monotonic() + WAIT
-        while True:
+        async def listed() -> dict | None:  # type: ignore[type-arg]
             [shown] = json.loads(ok(await fast("acks", "listeners", "--connection", str(target.connection_id), "--json")).stdout)
-            if shown["listings"] >= 1:
-                break
-            assert time.monotonic() < deadline, shown
-            await asyncio.sleep(0.3)
+            return shown if shown["listings"] >= 1 else None
+
+        shown = await eventually(listed, timeout=WAIT, every=0.3, what="the listener's first listing")
         assert shown["last_listing_at"] and shown["last_error"] is None, shown
         # A worker polls the queue: `temporal task-queue describe --task-queue QUEUE`.
         pollers = await asyncio.to_thread(temporal_cli, client, "task-queue", "describe", "--task-queue", queue)
@@ -161,10 +161,10 @@ async def test_acks_not_processed(dropzone_cli_in_process, client: Client, run_w
 
         # A malformed ack is moved to <ack_path>/error/ and listed by `dropzone acks rejected --org ORG`.
         write_ack_atomically(target.ack_dir, f"ack_{filename}", b'{"status": "ACKED", "erp_ord')
-        deadline = time.monotonic() + WAIT
-        while not (target.ack_dir / "error" / f"ack_{filename}").exists():
-            assert time.monotonic() < deadline, "the malformed ack was never moved to error/"
-            await asyncio.sleep(0.3)
+        await eventually(
+            (target.ack_dir / "error" / f"ack_{filename}").exists, timeout=WAIT, every=0.3,
+            what="the malformed ack moved to error/",
+        )
         rejected = json.loads(ok(await fast("acks", "rejected", "--org", org, "--json")).stdout)
         assert [r["ack_file"] for r in rejected] == [f"ack_{filename}"]
 

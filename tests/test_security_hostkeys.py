@@ -30,7 +30,7 @@ from starter.api import export_handle, start_export
 from starter.cli.common import app
 from starter.cli.hostkeys import known_hosts_line, pin_fingerprint
 from tests.conftest import add_connection
-from tests.helpers import make_draft, wait_for_state
+from tests.helpers import eventually_sync, make_draft, wait_for_state
 
 
 def other_host_key_line() -> str:
@@ -167,13 +167,6 @@ def stored_token(ledger, cid: uuid.UUID) -> str:  # type: ignore[no-untyped-def]
         return conn.execute(text("SELECT config_encrypted FROM erp_connection WHERE id = :id"), {"id": cid}).scalar_one()
 
 
-def wait_for_auth_attempt(server, username: str, timeout: float = 30.0) -> int:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while (count := server.auth_attempts(username)) == 0 and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return count
-
-
 def test_a_wrong_fingerprint_pins_nothing_and_sends_no_credentials(openssh_server, ledger, cli_env):
     server = openssh_server
     # A user of its own: the server's log then tells whether anyone tried to log in as it.
@@ -198,7 +191,7 @@ def test_a_wrong_fingerprint_pins_nothing_and_sends_no_credentials(openssh_serve
     assert "host key pinned" in pinned.stdout, pinned.stdout
     assert pinned.exit_code != 0  # the login itself fails
     assert ledger.get_connection(cid).config["host_key"] == server.host_key_line
-    assert wait_for_auth_attempt(server, username) > 0
+    eventually_sync(lambda: server.auth_attempts(username), what=f"sshd's log showing a login attempt as {username}")
 
 
 def test_the_approved_fingerprint_pins_and_the_probe_logs_in(openssh_server, ledger, cli_env):

@@ -21,7 +21,6 @@ never read a partial file.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import random
 import signal
 import socket
@@ -48,7 +47,7 @@ from tests.chaos.observer import AckResponder, PartialReadObserver
 from tests.chaos.report import record
 from tests.conftest import Target, make_target
 from tests.fixtures.operators import WORKER_STOP_DEADLINE, WorkerProcess
-from tests.helpers import make_draft
+from tests.helpers import eventually, make_draft, sha256_of
 
 pytestmark = [pytest.mark.chaos, pytest.mark.asyncio(loop_scope="session")]
 
@@ -92,11 +91,14 @@ def has_file(draft: dict[str, Any], names: set[str]) -> bool:
 
 
 async def wait_until_share_delivered(target: Target, worker: WorkerProcess) -> None:
-    deadline = time.monotonic() + RUN_DEADLINE
-    while len(final_names(target)) < SIGTERM_AFTER_SHARE * EXPORTS:
+    def delivered() -> bool:
         assert worker.process.returncode is None, f"worker A exited on its own:\n{worker.log_text()[-3000:]}"
-        assert time.monotonic() < deadline, f"only {len(final_names(target))} exports delivered"
-        await asyncio.sleep(0.05)
+        return len(final_names(target)) >= SIGTERM_AFTER_SHARE * EXPORTS
+
+    await eventually(
+        delivered, timeout=RUN_DEADLINE, every=0.05,
+        what=lambda: f"{SIGTERM_AFTER_SHARE * EXPORTS} exports delivered (only {len(final_names(target))})",
+    )
 
 
 @dataclass
@@ -115,8 +117,8 @@ async def sigterm_while_busy(
     activities name the worker that is running them.
     """
     identity = identity_of(worker)
-    deadline = time.monotonic() + IN_FLIGHT_DEADLINE
-    while time.monotonic() < deadline:
+
+    async def seen_running() -> tuple[str, str] | None:
         names = final_names(target)
         waiting = [d for d in drafts if not has_file(d, names)]
         sample = random.sample(waiting, min(CONCURRENT_REQUESTS, len(waiting)))
@@ -127,10 +129,16 @@ async def sigterm_while_busy(
                     pending.state == PendingActivityState.PENDING_ACTIVITY_STATE_STARTED
                     and pending.last_worker_identity == identity
                 ):
-                    at = time.time()
-                    worker.process.send_signal(signal.SIGTERM)
-                    return Signalled(at, description.id, pending.activity_id)
-    raise AssertionError(f"worker A ({identity}) was never seen running an activity")
+                    return description.id, pending.activity_id
+        return None
+
+    # every=0: ask again at once, the worker is to be caught in the middle of an activity.
+    workflow_id, activity_id = await eventually(
+        seen_running, timeout=IN_FLIGHT_DEADLINE, every=0, what=f"worker A ({identity}) seen running an activity"
+    )
+    at = time.time()
+    worker.process.send_signal(signal.SIGTERM)
+    return Signalled(at, workflow_id, activity_id)
 
 
 @dataclass
@@ -212,14 +220,14 @@ def inspect_outcome(
         + len(set(keys) - {r.export_storage_key for r in rows})
     )
     for draft in drafts:
-        expected = hashlib.sha256(render_export(validate_draft(draft))).hexdigest()
+        expected = sha256_of(render_export(validate_draft(draft)))
         mine = [r for r in rows if str(r.draft_order_id) == draft["draft_order_id"]]
         if len(mine) != 1 or mine[0].filename not in files or mine[0].status != "ACKED":
             outcome.lost += 1
             outcome.problems.append(f"{draft['draft_order_id']}: rows {[(r.filename, r.status) for r in mine]}")
             continue
         row = mine[0]
-        on_disk = hashlib.sha256(files[row.filename].read_bytes()).hexdigest()
+        on_disk = sha256_of(files[row.filename])
         stored = store.head(row.export_storage_key)
         if not (row.attempt == 1 and row.sha256 == expected == on_disk):
             outcome.problems.append(f"{row.filename}: attempt {row.attempt}, row {row.sha256}, file {on_disk}, expected {expected}")

@@ -18,13 +18,13 @@ import json
 import re
 import shutil
 import subprocess
-import time
 import uuid
 from pathlib import Path
 
 import pytest
 
 from starter.devstack import find_binary, free_ports
+from tests.helpers import eventually_sync
 from tests.test_devstack import DROPZONE, REPO, clean_env, dropzone_dev, kill_survivors
 
 PAGE_DEADLINE = 180.0  # the UI is a JS app and the machine is shared: look again until it has rendered
@@ -56,12 +56,15 @@ def page_text(url: str, profile: Path) -> str:
 
 
 def rendered_page(url: str, profile: Path, ready: list[str]) -> str:
-    deadline = time.monotonic() + PAGE_DEADLINE
-    while True:
-        text = page_text(url, profile)
-        if all(needle in text for needle in ready) or time.monotonic() > deadline:
-            return text
-        time.sleep(1)
+    texts: list[str] = []
+
+    def rendered() -> str | None:
+        texts.append(page_text(url, profile))
+        return texts[-1] if all(needle in texts[-1] for needle in ready) else None
+
+    return eventually_sync(
+        rendered, timeout=PAGE_DEADLINE, every=1, what=lambda: f"{url} showing {ready}; last page: {texts[-1][-3000:]}"
+    )
 
 
 def test_the_ui_shows_decrypted_order_data_only_through_the_codec_server(tmp_path: Path):

@@ -35,7 +35,7 @@ from dropzone.ledger import (
     alembic_config,
     migrate,
 )
-from tests.fixtures.postgres import free_port
+from tests.helpers import free_port
 
 CONFIG = {
     "mode": "sftp",
