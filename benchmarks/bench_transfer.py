@@ -1,6 +1,6 @@
 """Transfers against the best tool for the same bytes, same server, same run.
 
-* SFTP: ``SftpDropzone.deliver`` (paramiko; connect, stat, ``.tmp`` write,
+* SFTP: ``Dropzone.deliver`` over ``SftpTransport`` (paramiko; connect, stat, ``.tmp`` write,
   fsync, verify, posix-rename) vs OpenSSH's own ``sftp`` client doing a plain
   ``put`` to the same ``sshd``. Both include connecting and authenticating.
 * S3: ``ObjectStore.put`` (1 MiB chunks streamed in one PUT, verified against
@@ -27,7 +27,8 @@ from botocore.credentials import Credentials
 from benchmarks.measure import Row, throughput_pair
 from benchmarks.stack import Stack, run_quiet
 from dropzone.connection_config import parse_connection_config
-from dropzone.transports.sftp import SftpDropzone
+from dropzone.delivery import Dropzone
+from dropzone.transports.sftp import SftpTransport
 
 MiB = 1024 * 1024
 CHUNK = MiB  # what ObjectStore.iter_chunks and the spool reader hand on
@@ -65,7 +66,7 @@ def sftp_rows(stack: Stack, sizes_mb: list[int], runs: int, targets: dict[int, f
 
         def ours() -> None:
             name = f"bench_{uuid.uuid4().hex[:12]}.json"
-            with SftpDropzone.connect(config) as dz:
+            with Dropzone(SftpTransport.connect(config)) as dz:
                 dz.deliver(name, _file_chunks(path), size=size, sha256=digest, token=uuid.uuid4().hex[:12])
             (export_dir / name).unlink()
 
