@@ -32,8 +32,8 @@ from dropzone.contracts import (
     StoredExport,
 )
 from dropzone.errors import InvalidConfigError, InvalidDraftError
-from dropzone.export_v1 import DraftOrder, iter_render_export, validate_draft
-from dropzone.large_drafts import DraftHead, stream_validated_export
+from dropzone.draft_files import MAX_DRAFT_BYTES
+from dropzone.export_v1 import DraftHead, DraftOrder, stream_validated_export
 from dropzone.ledger import Ledger
 from dropzone.object_store import ObjectStore
 
@@ -47,8 +47,6 @@ FIRST_HEARTBEAT_AFTER_SECONDS = 5.0
 HEARTBEAT_EVERY_SECONDS = 2.0
 # Above this size a retried render_and_store checks for its object before uploading again.
 SKIP_REUPLOAD_ABOVE_BYTES = 4 * 1024 * 1024
-# A draft referenced by key may be large, but not unbounded.
-MAX_DRAFT_REF_BYTES = 512 * 1024 * 1024
 
 
 def summarize(draft: DraftOrder, line_count: int | None = None) -> DraftSummary:
@@ -120,22 +118,22 @@ class ExportActivities:
         """The referenced draft's JSON, held once (never as one model per line)."""
         if not draft_ref.startswith("drafts/"):
             raise InvalidDraftError(f"draft_ref {draft_ref!r} is not under drafts/", fields=["draft_ref"])
-        data = self._store.get_buffer(draft_ref, max_bytes=MAX_DRAFT_REF_BYTES)
+        # A draft referenced by key may be large, but not larger than any door takes.
+        data = self._store.get_buffer(draft_ref, max_bytes=MAX_DRAFT_BYTES)
         if data is None:
             raise InvalidDraftError(
-                f"draft_ref {draft_ref!r} is larger than {MAX_DRAFT_REF_BYTES // 2**20} MiB", fields=["draft_ref"]
+                f"draft_ref {draft_ref!r} is larger than {MAX_DRAFT_BYTES // 2**20} MiB", fields=["draft_ref"]
             )
         return data
 
     def _render_into(self, out: _HashingWriter, draft: dict | None, draft_ref: str | None) -> None:
-        if draft is not None:
-            for chunk in iter_render_export(validate_draft(draft)):
-                out.write(chunk)
-            return
-        assert draft_ref is not None
-        # Large drafts: validated and rendered a batch of lines at a time, so the
-        # worker holds the draft's bytes once plus one batch of models.
-        stream_validated_export(self._fetch_draft_ref(draft_ref), out.write)
+        # Every size through the one pipeline: validated and rendered a batch of
+        # lines at a time, so a draft_ref is held once as bytes plus one batch of models.
+        if draft is None:
+            assert draft_ref is not None
+            stream_validated_export(self._fetch_draft_ref(draft_ref), out.write)
+        else:
+            stream_validated_export(draft, out.write)
 
     @activity.defn
     @translate_errors

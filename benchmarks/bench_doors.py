@@ -249,7 +249,7 @@ def _validation_pair(path: Path, door_s: list[float], worker_s: list[float]) -> 
     """The door's check of the file (mmap, streaming validation, sha256) vs the worker's
     streaming validation of the same bytes in memory (as inspect_draft does), alternating."""
     from dropzone.draft_files import check_file
-    from dropzone.large_drafts import stream_validated_export
+    from dropzone.export_v1 import stream_validated_export
 
     data = bytearray(path.read_bytes())
     start = time.perf_counter()

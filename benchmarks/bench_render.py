@@ -9,8 +9,7 @@ import time
 import uuid
 
 from benchmarks.measure import Row, Sample
-from dropzone.export_v1 import render_export, validate_draft
-from dropzone.large_drafts import stream_validated_export
+from dropzone.export_v1 import render_export, stream_validated_export, validate_draft
 from tests.helpers import make_draft
 
 

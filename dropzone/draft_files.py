@@ -3,8 +3,8 @@
 The doors in front of the worker (``dropzone export FILE``, ``start_export``,
 the HTTP API's push) take drafts of any size up to ``MAX_DRAFT_BYTES`` without
 ever holding them as models, and without a second validator: a file is
-memory-mapped and handed to ``stream_validated_export`` (dropzone/large_drafts.py),
-the very function the worker runs on a ``draft_ref``, so the door and the worker
+memory-mapped and handed to ``stream_validated_export`` (dropzone/export_v1/pipeline.py),
+the very function the worker runs on every draft, so the door and the worker
 accept the same drafts and name the same problems in the same words. Its
 sha256 is computed in a second thread meanwhile (hashlib releases the GIL).
 
@@ -30,11 +30,10 @@ from pathlib import Path
 from typing import BinaryIO
 
 from dropzone.errors import InvalidDraftError
-from dropzone.export_v1 import DOCUMENT, DraftOrder, invalid_draft
-from dropzone.large_drafts import Buffer, stream_validated_export
+from dropzone.export_v1 import DOCUMENT, Buffer, DraftOrder, invalid_draft, stream_validated_export
 
 # The largest draft any door takes, and the worker's limit for a ``draft_ref``
-# (activities/exports.py MAX_DRAFT_REF_BYTES): a larger one could never be exported.
+# (activities/exports.py): a larger one could never be exported.
 MAX_DRAFT_BYTES = 512 * 1024 * 1024
 READ_CHUNK = 1024 * 1024
 FILE_FIELD = "(file)"

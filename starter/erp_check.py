@@ -3,7 +3,7 @@
 What a careful ERP checks: UTF-8 JSON; exactly the keys of ``ExportV1``, in
 their order, at every level (the fields of ``ExportV1`` and its nested
 models); every value as ``ExportV1`` types it. It goes through the drafts'
-own pipeline (dropzone/large_drafts.py): msgspec splits the document into raw
+own pipeline (dropzone/export_v1/pipeline.py): msgspec splits the document into raw
 spans of the buffer, the head is validated by ``ExportV1`` without its lines,
 the lines by the same ``DraftLine`` models a batch at a time, so a
 600,000-line export costs its bytes plus one small object per line, never a
@@ -21,8 +21,17 @@ from typing import Any
 import msgspec
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from dropzone.export_v1 import DraftLine, ExportV1, validation_problems
-from dropzone.large_drafts import LINE_BATCH, Buffer, check_lines, model_without_lines, split_document, split_items
+from dropzone.export_v1 import (
+    LINE_BATCH,
+    Buffer,
+    DraftLine,
+    ExportV1,
+    check_lines,
+    model_without_lines,
+    split_document,
+    split_items,
+    validation_problems,
+)
 
 MAX_KEPT_PROBLEMS = 50
 

@@ -26,8 +26,7 @@ from typing import Any, Literal
 
 from dropzone import errors, naming
 from dropzone.connection_config import parse_connection_config
-from dropzone.export_v1 import ExportV1
-from dropzone.large_drafts import Buffer
+from dropzone.export_v1 import Buffer, ExportV1
 from starter.erp_check import check_export
 from starter.erp_side import ErpSide, open_erp_side
 

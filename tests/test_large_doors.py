@@ -24,7 +24,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from benchmarks.measured import MiB, Measured, run_measured, write_draft
 from dropzone.errors import InvalidDraftError
-from dropzone.large_drafts import stream_validated_export
+from dropzone.export_v1 import stream_validated_export
 from starter.api import start_export
 from starter.erp_sim import FilesystemErpSimulator
 from tests.helpers import make_draft, wait_for_state

@@ -24,8 +24,7 @@ from activities.exports import ExportActivities
 from dropzone.connectors import default_registry
 from dropzone.contracts import DraftRef, OpenAttemptInput, RenderInput
 from dropzone.errors import InvalidDraftError
-from dropzone.export_v1 import render_export, validate_draft
-from dropzone.large_drafts import stream_validated_export
+from dropzone.export_v1 import render_export, stream_validated_export, validate_draft
 from tests.dropzone.test_export_v1 import drafts
 from tests.helpers import make_draft
 

@@ -24,8 +24,7 @@ import pytest
 from temporalio.client import Client
 
 from dropzone.errors import InvalidDraftError
-from dropzone.export_v1 import validate_draft
-from dropzone.large_drafts import stream_validated_export
+from dropzone.export_v1 import stream_validated_export, validate_draft
 from dropzone.contracts import ListenerState
 from starter.api import export_handle, export_status, retry_export, start_export
 from tests.helpers import ack_body, make_draft, wait_for_state, write_ack_atomically
