@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from dropzone.connection_config import (
     FilesystemConfig,
+    FtpsConfig,
     SftpConfig,
     parse_connection_config,
 )
@@ -28,11 +29,12 @@ from dropzone.errors import InvalidConfigError
 from dropzone.export_v1 import EXPORT_FORMAT_VERSION
 from dropzone.transports.base import Transport
 from dropzone.transports.filesystem import FilesystemTransport
-from dropzone.transports.sftp import SftpConnectionPool
+from dropzone.transports.ftps import FtpsTransport
+from dropzone.transports.sftp import SftpConnectionPool, SftpTransport
 
 DROPZONE_JSON_V1 = "DROPZONE_JSON_V1"
 
-ConnectorConfig = SftpConfig | FilesystemConfig
+ConnectorConfig = SftpConfig | FilesystemConfig | FtpsConfig
 
 
 def open_transport(config: ConnectorConfig, *, pool: SftpConnectionPool | None = None) -> Transport:
@@ -42,9 +44,9 @@ def open_transport(config: ConnectorConfig, *, pool: SftpConnectionPool | None =
     if isinstance(config, FilesystemConfig):
         return FilesystemTransport(config)
     if isinstance(config, SftpConfig):
-        from dropzone.transports.sftp import SftpDropzone
-
-        return pool.open(config) if pool is not None else SftpDropzone.connect(config)
+        return pool.open(config) if pool is not None else SftpTransport.connect(config)
+    if isinstance(config, FtpsConfig):
+        return FtpsTransport.connect(config)  # no pool: a TLS login costs a few round trips
     raise TypeError(f"not a connection config: {type(config).__name__}")
 
 
