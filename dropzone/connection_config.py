@@ -40,6 +40,7 @@ __all__ = [
     "SECRET_FIELDS",
     "ConnectionConfig",
     "FilesystemConfig",
+    "FtpsConfig",
     "SftpConfig",
     "config_to_storable",
     "describe",
@@ -54,6 +55,8 @@ REDACTED = "***"
 # or one OpenSSH public key line "<type> <base64 blob> [comment]".
 _FINGERPRINT_RE = re.compile(r"^SHA256:[A-Za-z0-9+/]{43}=?$")
 _KEY_TYPE_RE = re.compile(r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|ssh-ed448)$")
+# FTPS certificate pins: that form, or the hex `openssl x509 -fingerprint -sha256` prints.
+_HEX_FINGERPRINT_RE = re.compile(r"^SHA256:(?:[0-9A-Fa-f]{2}:?){31}[0-9A-Fa-f]{2}$")
 _PEM_RE = re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----")
 _HOST_RE = re.compile(r"^[A-Za-z0-9._:\-\[\]%]+$")
 # Usernames vary widely (user@domain, DOMAIN\user, account.user): refuse only what
@@ -245,8 +248,65 @@ class FilesystemConfig(_Base):
         return f"file://{self.export_path}"
 
 
-ConnectionConfig = Annotated[SftpConfig | FilesystemConfig, Field(discriminator="mode")]
-_ADAPTER: TypeAdapter[SftpConfig | FilesystemConfig] = TypeAdapter(ConnectionConfig)
+def validate_certificate_pin(value: str) -> str:
+    """``SHA256:<base64>`` or ``SHA256:<hex>`` (colons allowed) → the base64 form, or ValueError."""
+    text = value.strip()
+    if _FINGERPRINT_RE.match(text):
+        return text.rstrip("=")
+    if _HEX_FINGERPRINT_RE.match(text):
+        digest = binascii.unhexlify(text.removeprefix("SHA256:").replace(":", ""))
+        return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+    raise ValueError("must be 'SHA256:<43 base64 characters>' or 'SHA256:<64 hex digits, colons allowed>'")
+
+
+class FtpsConfig(_Base):
+    """An ERP dropzone reached over FTP with explicit TLS (AUTH TLS; dropzone/transports/ftps/)."""
+
+    mode: Literal["ftps"] = "ftps"
+    host: str = Field(min_length=1, max_length=255)
+    port: int = Field(default=21, ge=1, le=65535)
+    username: str = Field(min_length=1, max_length=255)
+    password: SecretStr
+    # The certificate chains to ca_bundle (PEM, on the worker) and/or has the pinned SHA-256 (else: system CAs).
+    ca_bundle: str | None = None
+    server_fingerprint: str | None = None
+    # Plain FTP: no TLS at all, the password in clear text. Only when said so.
+    allow_insecure_plaintext: bool = False
+    connect_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    operation_timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
+
+    # Host names and user names follow SFTP's rules.
+    _host = field_validator("host")(SftpConfig._host.__func__)  # type: ignore[attr-defined]
+    _username = field_validator("username")(SftpConfig._username.__func__)  # type: ignore[attr-defined]
+
+    @field_validator("server_fingerprint")
+    @classmethod
+    def _server_fingerprint(cls, value: str | None) -> str | None:
+        return validate_certificate_pin(value) if value and value.strip() else None
+
+    @field_validator("ca_bundle")
+    @classmethod
+    def _ca_bundle(cls, value: str | None) -> str | None:
+        return _clean_path(value, posix=False) if value and value.strip() else None
+
+    @model_validator(mode="after")
+    def _checks(self) -> FtpsConfig:
+        if not self.password.get_secret_value():
+            raise ValueError("ftps needs a password")
+        if self.allow_insecure_plaintext and (self.ca_bundle or self.server_fingerprint):
+            raise ValueError("allow_insecure_plaintext turns TLS off: it cannot go with ca_bundle or server_fingerprint")
+        return self
+
+    @property
+    def label(self) -> str:
+        """The connection's one label (messages, summaries, tables); never a secret."""
+        scheme = "ftp" if self.allow_insecure_plaintext else "ftps"
+        return f"{scheme}://{self.username}@{self.host}:{self.port}"
+
+
+AnyConfig = SftpConfig | FilesystemConfig | FtpsConfig
+ConnectionConfig = Annotated[AnyConfig, Field(discriminator="mode")]
+_ADAPTER: TypeAdapter[AnyConfig] = TypeAdapter(ConnectionConfig)
 
 # Our own wording per pydantic error type; ctx values used are limits, never input.
 _MESSAGES: dict[str, str] = {
@@ -262,7 +322,7 @@ _MESSAGES: dict[str, str] = {
     "bool_parsing": "must be true or false",
     "literal_error": "must be one of {expected}",
     "union_tag_invalid": "must be one of {expected_tags}",
-    "union_tag_not_found": "field required (one of 'sftp', 'filesystem')",
+    "union_tag_not_found": "field required (one of 'sftp', 'filesystem', 'ftps')",
     "greater_than": "must be greater than {gt}",
     "greater_than_equal": "must be at least {ge}",
     "less_than": "must be less than {lt}",
@@ -278,7 +338,7 @@ _MESSAGES: dict[str, str] = {
 
 
 def _describe_error(err: Any) -> str:
-    loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("sftp", "filesystem"))
+    loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("sftp", "filesystem", "ftps"))
     if err.get("type") in ("union_tag_not_found", "union_tag_invalid"):
         loc = "mode"
     etype = err.get("type", "")
@@ -296,9 +356,9 @@ def _describe_error(err: Any) -> str:
     return f"{loc or 'config'}: {msg}"
 
 
-def parse_connection_config(data: Any) -> SftpConfig | FilesystemConfig:
+def parse_connection_config(data: Any) -> AnyConfig:
     """Validate ``data`` into a config; ``InvalidConfigError`` names every bad field."""
-    if isinstance(data, (SftpConfig, FilesystemConfig)):
+    if isinstance(data, (SftpConfig, FilesystemConfig, FtpsConfig)):
         return data
     if not isinstance(data, dict):
         raise InvalidConfigError("invalid connection config: must be a JSON object")
@@ -314,7 +374,7 @@ def parse_connection_config(data: Any) -> SftpConfig | FilesystemConfig:
     raise InvalidConfigError("invalid connection config: " + "; ".join(sorted(problems)))
 
 
-def config_to_storable(cfg: SftpConfig | FilesystemConfig) -> dict[str, Any]:
+def config_to_storable(cfg: AnyConfig) -> dict[str, Any]:
     """Plain dict WITH secrets revealed — only for encrypting into the database."""
     data = cfg.model_dump(mode="python")
     for name in SECRET_FIELDS:
@@ -324,7 +384,7 @@ def config_to_storable(cfg: SftpConfig | FilesystemConfig) -> dict[str, Any]:
     return data
 
 
-def redacted(cfg: SftpConfig | FilesystemConfig) -> dict[str, Any]:
+def redacted(cfg: AnyConfig) -> dict[str, Any]:
     """Plain dict for display: every secret that is set becomes ``"***"``."""
     data = cfg.model_dump(mode="python")
     for name in SECRET_FIELDS:
@@ -333,6 +393,6 @@ def redacted(cfg: SftpConfig | FilesystemConfig) -> dict[str, Any]:
     return data
 
 
-def describe(cfg: SftpConfig | FilesystemConfig) -> str:
+def describe(cfg: AnyConfig) -> str:
     """A short, credential-free label for messages: ``sftp://user@host:22`` or ``file:///dir``."""
     return cfg.label

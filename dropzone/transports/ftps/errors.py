@@ -1,0 +1,122 @@
+"""What an FTPS server error means: ONE table per kind of failure and ONE ``translate``.
+
+Every ftplib, ssl and socket exception any FTPS primitive meets goes through
+``translate`` and comes out as a ``dropzone.errors`` class, whose ``retryable``
+decides what Temporal retries (the shape of encode/httpx's
+``HTTPCORE_EXC_MAP`` + ``map_httpcore_exceptions``).
+
+FTP reply codes (RFC 959, 2228, 3659, 4217): 4xx means "try again later",
+5xx "this request will not work as it is". Two exceptions to that rule, on
+purpose: a full disk or quota (452, 552) is retried, as over SFTP — an operator
+frees space and the delivery goes through without anyone re-sending it; and 550
+means both "no such file" and "permission denied", so the server's text tells
+them apart (every server we know says "denied", "permission" or "not allowed"),
+as it does for a missing directory answered with another 5xx (pyftpdlib's MLSD
+says "501 No such directory.").
+
+Messages name the connection (its label) and what was being done; they quote
+the server's reply text (capped, control characters removed) except for login
+replies, which could echo what was sent. Never a credential.
+"""
+
+from __future__ import annotations
+
+import ftplib
+import re
+import socket
+import ssl
+
+from dropzone import errors
+
+__all__ = ["REPLY_CODES", "EXCEPTIONS", "reply_code", "translate"]
+
+_DENIED = re.compile(r"denied|permission|not allowed|forbidden|access", re.IGNORECASE)
+_MISSING = re.compile(r"no such|not found|does not exist|doesn't exist|can'?not find|can't find", re.IGNORECASE)
+_TLS_REQUIRED = re.compile(r"\b(SSL|TLS)\b|encrypt", re.IGNORECASE)
+
+# (reply code or its first digit, text that must also match or None, error class, meaning).
+# First match wins: the exact codes before the classes ("4", "5").
+REPLY_CODES: tuple[tuple[str, re.Pattern[str] | None, type[errors.DropzoneError], str], ...] = (
+    ("421", None, errors.DropzoneUnavailableError, "the server is closing the connection"),
+    ("425", None, errors.DropzoneUnavailableError, "the server cannot open the data connection"),
+    ("426", None, errors.DropzoneUnavailableError, "the transfer was aborted"),
+    ("430", None, errors.AuthenticationError, "login refused (user name or password)"),
+    ("431", None, errors.DropzoneUnavailableError, "the server has no TLS resources left"),
+    ("450", None, errors.DropzoneUnavailableError, "the file is busy"),
+    ("451", None, errors.DropzoneUnavailableError, "the server had a local error"),
+    ("452", None, errors.DropzoneUnavailableError, "the server is out of storage space"),
+    ("500", None, errors.InvalidConfigError, "the server does not know this command"),
+    ("502", None, errors.InvalidConfigError, "the server does not implement this command"),
+    ("504", None, errors.InvalidConfigError, "the server does not implement this parameter"),
+    ("522", None, errors.InvalidConfigError, "the server refused the data channel protection"),
+    ("5", _TLS_REQUIRED, errors.InvalidConfigError, "the server requires TLS (allow_insecure_plaintext must go)"),
+    ("530", None, errors.AuthenticationError, "login refused"),
+    ("532", None, errors.AuthenticationError, "the server wants an account for this"),
+    ("533", None, errors.InvalidConfigError, "the server refused the TLS policy"),
+    ("534", None, errors.InvalidConfigError, "the server refused TLS for policy reasons"),
+    ("550", _DENIED, errors.PermissionDeniedError, "permission denied"),
+    ("550", None, errors.MissingDirectoryError, "no such file or directory"),
+    ("552", None, errors.DropzoneUnavailableError, "the server's storage allocation is exceeded"),
+    ("553", None, errors.PermissionDeniedError, "the file name is not allowed"),
+    ("5", _MISSING, errors.MissingDirectoryError, "no such file or directory"),  # pyftpdlib's MLSD: 501
+    ("4", None, errors.DropzoneUnavailableError, "the server failed for now"),
+    ("5", None, errors.PermissionDeniedError, "the server refused"),
+)
+# Replies whose text is not quoted (a login reply might echo what was sent).
+_QUIET_CODES = frozenset({"430", "530", "532"})
+
+# Library exceptions that are not a reply, most specific class first (first match wins).
+EXCEPTIONS: tuple[tuple[type[BaseException], type[errors.DropzoneError], str], ...] = (
+    (ssl.SSLCertVerificationError, errors.HostKeyError, "server certificate not trusted"),
+    (TimeoutError, errors.DropzoneUnavailableError, "timed out"),  # socket.timeout is TimeoutError
+    (ConnectionRefusedError, errors.DropzoneUnavailableError, "connection refused"),
+    (socket.gaierror, errors.DropzoneUnavailableError, "cannot resolve host name"),
+    (ssl.SSLError, errors.DropzoneUnavailableError, "TLS failed"),
+    (EOFError, errors.DropzoneUnavailableError, "connection lost"),
+    (ConnectionError, errors.DropzoneUnavailableError, "connection lost"),
+    (ftplib.error_proto, errors.DropzoneUnavailableError, "unexpected reply"),
+    (ftplib.error_reply, errors.DropzoneUnavailableError, "unexpected reply"),
+    (OSError, errors.DropzoneUnavailableError, "network error"),
+)
+
+
+def reply_code(exc: BaseException) -> str | None:
+    """The three-digit FTP reply code of an ``ftplib.error_temp``/``error_perm``, else None."""
+    if isinstance(exc, (ftplib.error_temp, ftplib.error_perm)):
+        text = str(exc)
+        return text[:3] if text[:3].isdigit() else None
+    return None
+
+
+def _clean(text: str) -> str:
+    return re.sub(r"[\x00-\x1f\x7f]+", " ", text).strip()[:200]
+
+
+def translate(exc: BaseException, label: str, action: str) -> errors.DropzoneError:
+    """THE translation of an FTPS failure during ``action`` on connection ``label``."""
+    if isinstance(exc, errors.DropzoneError):
+        return exc
+    code = reply_code(exc)
+    if code is not None:
+        text = str(exc)[3:].lstrip(" -")
+        for pattern, needs, cls, meaning in REPLY_CODES:
+            if code.startswith(pattern) and (needs is None or needs.search(text)):
+                said = "" if code in _QUIET_CODES or not text else f": {_clean(text)}"
+                return cls(f"{label}: cannot {action}: {meaning} ({code}{said})")
+    for exc_type, cls, meaning in EXCEPTIONS:
+        if isinstance(exc, exc_type):
+            detail = _detail(exc)
+            return cls(f"{label}: {meaning} during {action}{': ' + detail if detail else ''}")
+    return errors.DropzoneUnavailableError(f"{label}: {action} failed: {type(exc).__name__}")
+
+
+def _detail(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return _clean(getattr(exc, "verify_message", None) or "")
+    if isinstance(exc, ssl.SSLError):
+        return _clean(exc.reason or "")
+    if isinstance(exc, (ftplib.error_proto, ftplib.error_reply)):
+        return _clean(str(exc))
+    if isinstance(exc, OSError) and exc.strerror and not isinstance(exc, TimeoutError):
+        return _clean(exc.strerror)
+    return ""
