@@ -18,6 +18,7 @@ from tests.fixtures.operators import DROPZONE, REPO_ROOT, UI_URL
 from tests.helpers import (
     ack_body,
     error_body,
+    eventually,
     make_draft,
     wait_for_state,
     write_ack_atomically,
@@ -46,10 +47,10 @@ async def run_id_of(client: Client, draft_id: str) -> str:
 
 async def wait_until_visible(client: Client, query: str, workflow_id: str) -> None:
     """Visibility (search attributes) follows the runs with a small delay."""
-    deadline = asyncio.get_running_loop().time() + WAIT
-    while workflow_id not in [w.id async for w in client.list_workflows(query)]:
-        assert asyncio.get_running_loop().time() < deadline, f"{workflow_id} never matched {query}"
-        await asyncio.sleep(0.3)
+    async def matched() -> bool:
+        return workflow_id in [w.id async for w in client.list_workflows(query)]
+
+    await eventually(matched, timeout=WAIT, every=0.3, what=f"{workflow_id} matching {query}")
 
 
 def tsv(stdout: str) -> list[list[str]]:

@@ -1,4 +1,8 @@
-"""The filesystem transport on real directories (and real kernel errors where we can get them)."""
+"""The filesystem transport on real directories (and real kernel errors where we can get them).
+
+The dropzone contract itself (delivery, acks, probe, confinement) is checked for
+every kind of dropzone in test_contract.py; here: what only a local directory has.
+"""
 
 from __future__ import annotations
 
@@ -52,37 +56,6 @@ def tiny_tmpfs() -> Iterator[Path]:
         d.rmdir()
 
 
-def test_deliver_new_again_conflict(tmp_path):
-    data = body_of(2 * 1024 * 1024 + 5)
-    with make(tmp_path) as dz:
-        first = deliver(dz, data)
-        final = tmp_path / "export" / FILENAME
-        assert first.path == str(final) and not first.already_present
-        assert (first.size_bytes, first.sha256) == (len(data), sha(data))
-        assert final.read_bytes() == data
-        assert stat.S_IMODE(final.stat().st_mode) == 0o640
-        assert os.listdir(tmp_path / "export") == [FILENAME]
-
-        assert deliver(dz, data, token="tok2").already_present
-        before = final.stat().st_mtime_ns
-        with pytest.raises(errors.DeliveryConflictError) as info:
-            deliver(dz, body_of(len(data), seed=9), token="tok3")
-        assert str(final) in str(info.value)
-        with pytest.raises(errors.DeliveryConflictError):
-            deliver(dz, data + b"x", token="tok4")
-        assert final.read_bytes() == data and final.stat().st_mtime_ns == before
-        assert os.listdir(tmp_path / "export") == [FILENAME]
-
-
-def test_stale_tmp_of_the_same_execution_is_overwritten(tmp_path):
-    dz = make(tmp_path)
-    stale = tmp_path / "export" / f"{FILENAME}.tok1.tmp"
-    stale.write_bytes(b"half a file from a crashed attempt")
-    data = body_of(1000)
-    deliver(dz, data, token="tok1")
-    assert os.listdir(tmp_path / "export") == [FILENAME]
-
-
 def test_file_mode_and_umask(tmp_path):
     old = os.umask(0o077)
     try:
@@ -92,44 +65,7 @@ def test_file_mode_and_umask(tmp_path):
     assert stat.S_IMODE(os.stat(result.path).st_mode) == 0o644
 
 
-def test_integrity_errors_leave_nothing(tmp_path):
-    dz = make(tmp_path)
-    data = body_of(300_000)
-    with pytest.raises(errors.IntegrityError):
-        dz.deliver(FILENAME, chunked(data, 4096), size=len(data), sha256=sha(b"x"), token="t1")
-    with pytest.raises(errors.IntegrityError):
-        dz.deliver(FILENAME, chunked(data, 4096), size=len(data) - 1, sha256=sha(data), token="t2")
-    with pytest.raises(errors.IntegrityError):
-        dz.deliver(FILENAME, chunked(data, 4096), size=len(data) + 1, sha256=sha(data), token="t3")
-    assert os.listdir(tmp_path / "export") == []
-
-
-def test_failing_source_removes_tmp(tmp_path):
-    def source() -> Iterator[bytes]:
-        yield b"abc"
-        raise errors.StorageUnavailableError("gone")
-
-    with pytest.raises(errors.StorageUnavailableError):
-        make(tmp_path).deliver(FILENAME, source(), size=6, sha256=sha(b"abcdef"), token="t")
-    assert os.listdir(tmp_path / "export") == []
-
-
-def test_non_atomic(tmp_path):
-    dz = make(tmp_path, atomic_write=False)
-    data = body_of(5000)
-    assert not deliver(dz, data).already_present
-    assert deliver(dz, data).already_present
-    with pytest.raises(errors.DeliveryConflictError):
-        deliver(dz, body_of(5000, seed=4))
-    with pytest.raises(errors.IntegrityError):
-        dz.deliver("b.json", [data], size=len(data), sha256=sha(b""), token="t")
-    assert os.listdir(tmp_path / "export") == [FILENAME]
-
-
-def test_missing_directory_and_file_in_the_way(tmp_path):
-    dz = make(tmp_path, export_path=str(tmp_path / "nope"))
-    with pytest.raises(errors.MissingDirectoryError):
-        deliver(dz, b"{}")
+def test_a_file_where_the_export_directory_should_be_is_a_missing_directory(tmp_path):
     (tmp_path / "a-file").write_text("x")
     dz = make(tmp_path, export_path=str(tmp_path / "a-file"))
     with pytest.raises(errors.MissingDirectoryError):  # ENOTDIR
@@ -228,63 +164,3 @@ def test_error_translation_table(tmp_path, code, expected):
     assert "/x/y" in str(err)
 
 
-def test_acks(tmp_path):
-    dz = make(tmp_path)
-    ack_dir = tmp_path / "ack"
-    assert dz.list_acks(FILENAME) == []
-    (ack_dir / f"ack_{FILENAME}.tmp").write_text("partial")
-    (ack_dir / f"ack_{FILENAME}").write_text('{"status": "ACKED"}')
-    (ack_dir / f"error_{FILENAME}").mkdir()  # not a file: ignored
-    acks = dz.list_acks(FILENAME)
-    assert [(a.name, a.kind, a.export_filename, a.size) for a in acks] == [(f"ack_{FILENAME}", "ack", FILENAME, 19)]
-    assert dz.read_ack(f"ack_{FILENAME}", max_bytes=3) == b'{"st'
-    moved = dz.move_ack(f"ack_{FILENAME}", "processed")
-    assert moved == str(ack_dir / "processed" / f"ack_{FILENAME}")
-    assert dz.move_ack(f"ack_{FILENAME}", "processed") == moved  # retried: idempotent
-    (ack_dir / f"ack_{FILENAME}").write_text("again")
-    assert dz.move_ack(f"ack_{FILENAME}", "processed") == moved + ".1"
-    (ack_dir / f"ack_{FILENAME}").write_text("third")
-    assert dz.move_ack(f"ack_{FILENAME}", "processed") == moved + ".2"
-    assert Path(moved).read_text() == '{"status": "ACKED"}'
-    (ack_dir / f"ack_{FILENAME}").write_text("bad")
-    assert dz.move_ack(f"ack_{FILENAME}", "error") == str(ack_dir / "error" / f"ack_{FILENAME}")
-    with pytest.raises(errors.AckNotYetAvailable):
-        dz.read_ack(f"ack_{FILENAME}", max_bytes=10)
-    with pytest.raises(errors.MissingDirectoryError):
-        dz.move_ack("ack_never_there.json", "processed")
-    with pytest.raises(ValueError):
-        dz.move_ack(f"error_{FILENAME}", "elsewhere")  # type: ignore[arg-type]
-
-
-def test_hostile_names(tmp_path):
-    dz = make(tmp_path)
-    outside = tmp_path / "secret.json"
-    outside.write_text("{}")
-    for name in ["../secret.json", "/etc/passwd", ".hidden", "a/b", "x\x00y", "x\ny", "", "..", "a..b", "é.json"]:
-        with pytest.raises(errors.InvalidConfigError):
-            dz.deliver(name, [b"{}"], size=2, sha256=sha(b"{}"), token="t")
-        with pytest.raises(errors.InvalidConfigError):
-            dz.read_ack(name, max_bytes=10)
-        with pytest.raises(errors.InvalidConfigError):
-            dz.move_ack(name, "processed")
-        with pytest.raises(errors.InvalidConfigError):
-            dz.list_acks(name)
-    assert outside.read_text() == "{}"
-    with pytest.raises(ValueError):
-        dz.deliver(FILENAME, [b"{}"], size=2, sha256=sha(b"{}"), token="../x")
-
-
-def test_probe(tmp_path):
-    dz = make(tmp_path)
-    result = dz.probe()
-    assert result.ok and result.host_key_fingerprint is None
-    assert os.listdir(tmp_path / "export") == []
-    dz = make(tmp_path, ack_path=str(tmp_path / "missing-acks"))
-    result = dz.probe()
-    assert not result.ok and "MISSING_DIRECTORY" in result.detail
-
-
-def test_no_ack_path(tmp_path):
-    dz = make(tmp_path, ack_path=None)
-    with pytest.raises(errors.InvalidConfigError, match="ack_path"):
-        dz.list_acks(FILENAME)
