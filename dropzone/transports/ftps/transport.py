@@ -325,17 +325,13 @@ class FtpsTransport(Transport):
             with self._ftp(f"create directory {path} (MKD)") as ftp:
                 ftp.voidcmd(f"MKD {path}")
         except errors.DropzoneError:
-            if self._broken:
-                raise
-            st = self.stat(path)
+            # Most servers answer MKD of an existing directory with 550: fine if it is one.
+            st = None if self._broken else self.stat(path)
             if st is None:
                 raise
             if st.is_link:
-                raise errors.UnsafePathError(
-                    f"{self.label}: {path} is a symbolic link; links under export_path and ack_path are "
-                    "never followed (remove it; the worker creates processed/ and error/ itself)",
-                    path=path,
-                ) from None
+                refusal = f"{path} is a symbolic link, never followed (remove it: the worker creates the folder)"
+                raise errors.UnsafePathError(f"{self.label}: {refusal}", path=path) from None
             if not st.is_dir:
                 raise errors.MissingDirectoryError(f"{self.label}: {path} exists and is not a directory") from None
 
