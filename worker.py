@@ -55,7 +55,7 @@ from dropzone.object_store import ObjectStore
 from dropzone.settings import Settings, invalid_settings_message, load_settings
 from dropzone.temporal_connection import connect_options, describe_failure
 from starter.codec import build_data_converter
-from workflows import policies
+from workflows.policies import DEFAULT_POLICIES, Policies, registered, webhook_task_queue
 from workflows.ack_listener import AckListenerWorkflow
 from workflows.export_order import ExportOrderWorkflow
 
@@ -152,12 +152,12 @@ async def connect_client(settings: Settings, *, runtime: Runtime | None = None) 
 
 
 def build_workflow_runner() -> SandboxedWorkflowRunner:
-    """The sandbox, with ``workflows.policies`` (constants only) shared with this process.
+    """The sandbox, with ``workflows.policies`` shared with this process.
 
     ``imports_passed_through()`` alone is not enough: inside the sandboxed
     ``workflows`` package, ``from workflows import policies`` loads a fresh
     copy. Configured as passthrough, there is one module per process, so a
-    test's worker can shorten the timeouts (the chaos suite does).
+    workflow finds the ``Policies`` its worker registered for its task queue.
     """
     return SandboxedWorkflowRunner(
         restrictions=SandboxRestrictions.default.with_passthrough_modules("workflows.policies")
@@ -172,34 +172,27 @@ def build_worker(
     executor: ThreadPoolExecutor,
     max_concurrent_activities: int,
     interceptors: Sequence[Interceptor] = (),
+    policies: Policies = DEFAULT_POLICIES,
 ) -> WorkerGroup:
     """The worker; every activity runs inside the telemetry interceptor (log context, metrics).
 
+    ``policies`` are the timeouts and retry policies of the workflows it runs
+    (registered for ``task_queue`` while it runs; tests pass shorter ones).
     Status callbacks run on a worker of their own (task queue ``<task_queue>-webhooks``,
-    ``WEBHOOK_MAX_IN_FLIGHT`` slots and threads): a receiver that hangs never holds a
-    slot an export needs. ``async with`` runs both.
+    ``policies.webhook_max_in_flight`` slots and threads): a receiver that hangs never
+    holds a slot an export needs. ``async with`` runs both.
     """
     exports = ExportActivities(adapters.ledger, adapters.store, adapters.connectors)
     acks = AckActivities(adapters.ledger, adapters.connectors)
     # The connection's ack listener hands answers over through this worker's client.
-    listener = AckListenerActivities(adapters.ledger, adapters.connectors, client, acks)
-    webhooks = WebhookActivities(adapters.ledger)
-    telemetry = TelemetryInterceptor(ExportOwners.from_ledger(adapters.ledger))
-    webhook_executor = ThreadPoolExecutor(max_workers=policies.WEBHOOK_MAX_IN_FLIGHT, thread_name_prefix="webhooks")
-    webhook_worker = Worker(
-        client,
-        task_queue=policies.webhook_task_queue(task_queue),
-        activities=[webhooks.send_webhook, webhooks.give_up_webhook],
-        activity_executor=webhook_executor,
-        max_concurrent_activities=policies.WEBHOOK_MAX_IN_FLIGHT,
-        graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
-        interceptors=[telemetry, *interceptors],
+    listener = AckListenerActivities(
+        adapters.ledger, adapters.connectors, client, acks, stale_tmp_age=policies.deliver_timeout
     )
-    exports_worker = Worker(
+    webhooks = WebhookActivities(adapters.ledger, request_timeout=policies.webhook_request_timeout)
+    telemetry = TelemetryInterceptor(ExportOwners.from_ledger(adapters.ledger))
+    return serve_task_queue(
         client,
         task_queue=task_queue,
-        workflows=[ExportOrderWorkflow, AckListenerWorkflow],
-        workflow_runner=build_workflow_runner(),
         activities=[
             exports.inspect_draft,
             exports.open_attempt,
@@ -210,23 +203,79 @@ def build_worker(
             listener.ensure_ack_listener,
             listener.scan_ack_path,
         ],
+        webhook_activities=[webhooks.send_webhook, webhooks.give_up_webhook],
+        executor=executor,
+        max_concurrent_activities=max_concurrent_activities,
+        interceptors=[telemetry, *interceptors],
+        policies=policies,
+        on_exit=[webhooks.close],
+    )
+
+
+def serve_task_queue(
+    client: Client,
+    *,
+    task_queue: str,
+    activities: Sequence[Callable[..., object]],
+    webhook_activities: Sequence[Callable[..., object]],
+    executor: ThreadPoolExecutor,
+    max_concurrent_activities: int,
+    interceptors: Sequence[Interceptor] = (),
+    policies: Policies = DEFAULT_POLICIES,
+    on_exit: Sequence[Callable[[], object]] = (),
+) -> WorkerGroup:
+    """The workflows and ``activities`` on ``task_queue``, the callbacks' activities on theirs.
+
+    ``policies`` is registered for ``task_queue`` while the group runs: what its
+    workflows read (``workflows.policies.current``). Tests with stub activities
+    build their worker here too.
+    """
+    webhook_executor = ThreadPoolExecutor(max_workers=policies.webhook_max_in_flight, thread_name_prefix="webhooks")
+    webhook_worker = Worker(
+        client,
+        task_queue=webhook_task_queue(task_queue),
+        activities=webhook_activities,
+        activity_executor=webhook_executor,
+        max_concurrent_activities=policies.webhook_max_in_flight,
+        graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
+        interceptors=interceptors,
+    )
+    exports_worker = Worker(
+        client,
+        task_queue=task_queue,
+        workflows=[ExportOrderWorkflow, AckListenerWorkflow],
+        workflow_runner=build_workflow_runner(),
+        activities=activities,
         activity_executor=executor,
         max_concurrent_activities=max_concurrent_activities,
         graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
-        interceptors=[telemetry, *interceptors],
+        interceptors=interceptors,
     )
-    return WorkerGroup(exports_worker, webhook_worker, on_exit=[webhooks.close, webhook_executor.shutdown])
+    return WorkerGroup(
+        exports_worker,
+        webhook_worker,
+        contexts=[registered(task_queue, policies)],
+        on_exit=[*on_exit, webhook_executor.shutdown],
+    )
 
 
 class WorkerGroup:
-    """Workers that start and stop together (``async with``), then run ``on_exit``."""
+    """Workers that start and stop together (``async with``), inside ``contexts``, then run ``on_exit``."""
 
-    def __init__(self, *workers: Worker, on_exit: Sequence[Callable[[], object]] = ()) -> None:
+    def __init__(
+        self,
+        *workers: Worker,
+        contexts: Sequence[contextlib.AbstractContextManager[object]] = (),
+        on_exit: Sequence[Callable[[], object]] = (),
+    ) -> None:
         self.workers = workers
+        self._contexts = contexts
         self._on_exit = on_exit
         self._stack = contextlib.AsyncExitStack()
 
     async def __aenter__(self) -> WorkerGroup:
+        for context in self._contexts:  # entered before the workers poll, left after they stopped
+            self._stack.enter_context(context)
         for worker in self.workers:
             await self._stack.enter_async_context(worker)
         return self
@@ -237,7 +286,9 @@ class WorkerGroup:
             step()
 
 
-async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
+async def run_worker(
+    settings: Settings, *, stop: asyncio.Event | None = None, policies: Policies = DEFAULT_POLICIES
+) -> None:
     setup_logging(settings)
     runtime = build_runtime(settings)
     adapters = build_adapters(settings)
@@ -257,6 +308,7 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -
             task_queue=settings.task_queue,
             executor=executor,
             max_concurrent_activities=settings.max_concurrent_activities,
+            policies=policies,
         )
         async with worker:
             bind_address = settings.metrics_bind_address()
@@ -281,10 +333,10 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -
     adapters.close()
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None, *, policies: Policies = DEFAULT_POLICIES) -> None:
     code = 0
     try:
-        asyncio.run(run_worker(load_settings()))
+        asyncio.run(run_worker(load_settings(), policies=policies))
     except DropzoneError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         code = 2

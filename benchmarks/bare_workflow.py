@@ -95,28 +95,28 @@ class BareExportWorkflow:
                 workflow_run_id=info.run_id,
                 run_seq=1,
             ),
-            start_to_close_timeout=policies.LEDGER_TIMEOUT,
-            schedule_to_close_timeout=policies.TRANSIENT_GIVE_UP_AFTER,
-            retry_policy=policies.LEDGER_RETRY,
+            start_to_close_timeout=policies.DEFAULT_POLICIES.ledger_timeout,
+            schedule_to_close_timeout=policies.DEFAULT_POLICIES.transient_give_up_after,
+            retry_policy=policies.DEFAULT_POLICIES.ledger_retry,
             summary="open attempt",
         )
         workflow.set_current_details(f"attempt {attempt.attempt}: rendering {attempt.filename}")
         await workflow.execute_activity(
             bare_render_and_store,
             RenderInput(export_id=attempt.export_id, draft=request.draft, draft_ref=request.draft_ref),
-            start_to_close_timeout=policies.RENDER_TIMEOUT,
-            schedule_to_close_timeout=policies.TRANSIENT_GIVE_UP_AFTER,
-            retry_policy=policies.LEDGER_RETRY,
+            start_to_close_timeout=policies.DEFAULT_POLICIES.render_timeout,
+            schedule_to_close_timeout=policies.DEFAULT_POLICIES.transient_give_up_after,
+            retry_policy=policies.DEFAULT_POLICIES.ledger_retry,
             summary=f"render and store {attempt.storage_key}",
         )
         workflow.set_current_details(f"attempt {attempt.attempt}: delivering to {attempt.dropzone_label}")
         await workflow.execute_activity(
             bare_deliver,
             ExportRef(export_id=attempt.export_id),
-            start_to_close_timeout=policies.DELIVER_TIMEOUT,
-            heartbeat_timeout=policies.DELIVER_HEARTBEAT_TIMEOUT,
-            schedule_to_close_timeout=policies.TRANSIENT_GIVE_UP_AFTER,
-            retry_policy=policies.DELIVER_RETRY,
+            start_to_close_timeout=policies.DEFAULT_POLICIES.deliver_timeout,
+            heartbeat_timeout=policies.DEFAULT_POLICIES.deliver_heartbeat_timeout,
+            schedule_to_close_timeout=policies.DEFAULT_POLICIES.transient_give_up_after,
+            retry_policy=policies.DEFAULT_POLICIES.deliver_retry,
             summary=f"deliver {attempt.filename} to {attempt.dropzone_label}",
         )
         workflow.upsert_search_attributes([policies.SA_EXPORT_STATUS.value_set("SENT")])

@@ -4,7 +4,7 @@ One real worker process, a filesystem dropzone with an ack path, poll interval
 5 s. Same run, two ways of waiting:
 
 * baseline — the per-export poll (``poll_ack`` retried every interval, the code
-  before the ack listener; the worker runs with ``policies.ACK_LISTENER`` off);
+  before the ack listener; the worker runs with ``Policies(ack_listener=False)``);
 * ours — the connection's ack listener (one LIST per interval for all of them).
 
 For each size (cumulative: 200, then 1,000, then 5,000 waiting on the listener)
@@ -229,9 +229,9 @@ def _worker() -> None:
     """``worker.main()``, counting the dropzone requests it makes (and on the per-export poll if asked)."""
     import worker
     from dropzone.transports.filesystem import FilesystemTransport
-    from workflows import policies
+    from workflows.policies import Policies
 
-    policies.ACK_LISTENER = os.environ.get(PATH_ENV) != "poll"
+    policies = Policies(ack_listener=os.environ.get(PATH_ENV) != "poll")
     calls: Counter[str] = Counter()
     lock = threading.Lock()
     for attr, op in (("listdir", "list"), ("stat", "stat"), ("read_prefix", "open"), ("iter_file", "open")):
@@ -256,7 +256,7 @@ def _worker() -> None:
             time.sleep(0.5)
 
     threading.Thread(target=dump, daemon=True).start()
-    worker.main()
+    worker.main(policies=policies)
 
 
 def main() -> None:

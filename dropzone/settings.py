@@ -21,6 +21,7 @@ from dropzone.errors import InvalidConfigError
 from dropzone.secret_files import require_owner_only
 
 DEFAULT_ENV_FILE = ".dropzone/dropzone.env"
+# The task queue workers serve and exports start on (DROPZONE_TASK_QUEUE); named only here.
 DEFAULT_TASK_QUEUE = "erp-exports"
 
 

@@ -39,10 +39,11 @@ from dropzone.contracts import (
 from dropzone.draft_files import MAX_DRAFT_BYTES
 from dropzone.errors import ExportNotFoundError, TemporalUnavailableError
 from dropzone.object_store import ObjectStore
+from dropzone.settings import DEFAULT_TASK_QUEUE
 from starter.draft_intake import DraftCheck, DraftInput, prepare_draft
 from workflows.export_order import RETRY_REJECTED, ExportOrderWorkflow
 from workflows import policies
-from workflows.policies import TASK_QUEUE, WORKFLOW_ID_PREFIX, workflow_id_for
+from workflows.policies import WORKFLOW_ID_PREFIX, workflow_id_for
 
 # Temporal's payload limit is 2 MB; stay well below it and leave room for history.
 DEFAULT_INLINE_LIMIT = 256 * 1024
@@ -65,7 +66,7 @@ async def start_export(
     draft: DraftInput,
     store: ObjectStore | None = None,
     force: bool = False,
-    task_queue: str = TASK_QUEUE,
+    task_queue: str = DEFAULT_TASK_QUEUE,
     inline_limit_bytes: int = DEFAULT_INLINE_LIMIT,
     max_draft_bytes: int = MAX_DRAFT_BYTES,
     check_draft: DraftCheck | None = None,

@@ -26,6 +26,7 @@ from starter.api import cancel_export, export_handle, start_export
 from tests.conftest import Target, make_target
 from tests.helpers import ack_body, error_body, make_draft, wait_for_state, write_ack_atomically
 from workflows import policies
+from workflows.policies import Policies
 from workflows.ack_listener import AckListenerWorkflow
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -166,12 +167,11 @@ async def test_unmatched_ack_on_an_otherwise_idle_connection_goes_to_error_and_i
 
 
 async def test_listener_continues_as_new_in_the_middle_of_a_burst(
-    client: Client, run_worker, fs_target: Target, ledger: Ledger, monkeypatch
+    client: Client, run_worker, fs_target: Target, ledger: Ledger
 ):
-    # A handful of looks per run (workflows.policies is shared with this in-process worker).
-    monkeypatch.setattr(policies, "LISTENER_MAX_HISTORY_EVENTS", BURST_BOUND)
     drafts = [make_draft(org_id=fs_target.org_id) for _ in range(WAITING)]
-    async with run_worker(client) as queue:
+    # A handful of looks per run.
+    async with run_worker(client, policies=Policies(listener_max_history_events=BURST_BOUND)) as queue:
         for draft in drafts:
             await start_export(client, erp_connection_id=fs_target.connection_id, draft=draft, task_queue=queue)
         states = [await wait_for_state(client, d["draft_order_id"], lambda s: s.waiting_for == "ack") for d in drafts]

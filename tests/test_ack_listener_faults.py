@@ -23,10 +23,11 @@ from tests.conftest import Target
 from tests.helpers import ack_body, make_draft, wait_for_state, write_ack_atomically
 from tests.test_ack_listener import listener_state
 from workflows import policies
+from workflows.policies import DEFAULT_POLICIES, Policies
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
-OLDER_THAN_DELIVERY = policies.DELIVER_TIMEOUT.total_seconds() + 600
+OLDER_THAN_DELIVERY = DEFAULT_POLICIES.deliver_timeout.total_seconds() + 600
 
 
 async def test_a_listener_that_cannot_list_shows_why_and_its_exports_keep_waiting(
@@ -108,12 +109,11 @@ async def test_a_move_that_fails_after_the_hand_over_is_finished_next_look_recor
 
 
 async def test_stale_tmp_files_of_finished_attempts_are_removed_and_counted(
-    client: Client, run_worker, fs_target: Target, ledger: Ledger, monkeypatch
+    client: Client, run_worker, fs_target: Target, ledger: Ledger
 ):
-    monkeypatch.setattr(policies, "STALE_TMP_SWEEP_INTERVAL", timedelta(seconds=1))
     draft = make_draft(org_id=fs_target.org_id)
     did = draft["draft_order_id"]
-    async with run_worker(client) as queue:
+    async with run_worker(client, policies=Policies(stale_tmp_sweep_interval=timedelta(seconds=1))) as queue:
         await start_export(client, erp_connection_id=fs_target.connection_id, draft=draft, task_queue=queue)
         waiting = await wait_for_state(client, did, lambda s: s.waiting_for == "ack")  # its row is SENT
         stale = _tmp(fs_target.export_dir, f"{waiting.filename}.r1xdeadbeef.tmp", age=OLDER_THAN_DELIVERY)

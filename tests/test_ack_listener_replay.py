@@ -25,6 +25,7 @@ from tests.fixtures.temporal import TEST_DATA_CONVERTER
 from tests.helpers import ack_body, make_draft, wait_for_state, write_ack_atomically
 from tests.test_ack_listener import listener_state
 from workflows import policies
+from workflows.policies import Policies
 from workflows.ack_listener import AckListenerWorkflow
 from workflows.export_order import ExportOrderWorkflow
 
@@ -41,10 +42,10 @@ async def test_the_history_of_a_run_waiting_on_the_old_poll_is_kept():
     assert "EVENT_TYPE_WORKFLOW_EXECUTION_STARTED" in text and "EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED" not in text
 
 
-async def test_listener_path_histories_replay(client: Client, run_worker, fs_target: Target, ledger, monkeypatch):
-    monkeypatch.setattr(policies, "LISTENER_MAX_HISTORY_EVENTS", 30)  # so the listener continues as new here too
+async def test_listener_path_histories_replay(client: Client, run_worker, fs_target: Target, ledger):
     acked, late = make_draft(org_id=fs_target.org_id), make_draft(org_id=fs_target.org_id)
-    async with run_worker(client) as queue:
+    # A short listener history, so that the listener continues as new here too.
+    async with run_worker(client, policies=Policies(listener_max_history_events=30)) as queue:
         await start_export(client, erp_connection_id=fs_target.connection_id, draft=acked, task_queue=queue)
         state = await wait_for_state(client, acked["draft_order_id"], lambda s: s.waiting_for == "ack")
         write_ack_atomically(fs_target.ack_dir, f"ack_{state.filename}", ack_body("SO-L1"))

@@ -47,14 +47,15 @@ KILL_PROBABILITY = 0.5
 # Big enough for several upload pieces (16 KiB each), so a kill can land mid-upload.
 LINES_PER_DRAFT = 300
 # Production waits 30-60 s before declaring a dead worker's activity lost; the
-# test shortens those (seconds) so each kill costs seconds. Nothing else changes.
+# faulty worker runs with these Policies fields shortened (seconds, and retry
+# backoff capped at 2 s) so each kill costs seconds. Nothing else changes.
 TIMEOUTS = {
-    "LEDGER_TIMEOUT": 6,
-    "RENDER_HEARTBEAT_TIMEOUT": 8,
-    "DELIVER_HEARTBEAT_TIMEOUT": 8,
-    "ACK_POLL_TIMEOUT": 6,
-    "LISTENER_SCAN_HEARTBEAT_TIMEOUT": 6,
-    "ENSURE_LISTENER_TIMEOUT": 6,
+    "ledger_timeout": 6,
+    "render_heartbeat_timeout": 8,
+    "deliver_heartbeat_timeout": 8,
+    "ack_poll_timeout": 6,
+    "listener_scan_heartbeat_timeout": 6,
+    "ensure_listener_timeout": 6,
 }
 RUN_DEADLINE = scale.size(full=900, reduced=300)
 

@@ -55,7 +55,7 @@ from tests.chaos.report import record
 from tests.conftest import Target, make_target
 from tests.helpers import make_draft
 from worker import Adapters
-from workflows import policies
+from workflows.policies import Policies
 
 pytestmark = [pytest.mark.chaos, pytest.mark.asyncio(loop_scope="session")]
 
@@ -68,8 +68,10 @@ PIECE_BYTES = 32 * 1024
 # retry, attempt 2 starts before attempt 1's first heartbeat (5 s after its
 # start), which would bring attempt 1 its cancellation: a sprinting attempt 1
 # then really gets to its rename.
-DELIVER_TIMEOUT = timedelta(seconds=3)
-DELIVER_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=1))
+RACING_POLICIES = Policies(
+    deliver_timeout=timedelta(seconds=3),
+    deliver_retry=RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=1)),
+)
 # Attempt 1 outlasting attempt 2: still writing well after attempt 2 published.
 SLOW_PIECE_SECONDS = 0.25
 MODES = ("sprints", "outlasts")
@@ -302,9 +304,6 @@ async def test_racing_executions_leave_one_intact_file(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # Passed through the workflow sandbox: workflows started from here on use it.
-    monkeypatch.setattr(policies, "DELIVER_TIMEOUT", DELIVER_TIMEOUT)
-    monkeypatch.setattr(policies, "DELIVER_RETRY", DELIVER_RETRY)
     target = make_target(kind, request, ledger, tmp_path)
     executions = Executions()
     instrument(monkeypatch, adapters, executions)
@@ -312,7 +311,9 @@ async def test_racing_executions_leave_one_intact_file(
 
     observer = PartialReadObserver([target.export_dir])
     with observer, TmpWatcher([target.export_dir]) as watcher, AckResponder([(target.export_dir, target.ack_dir)]):
-        async with run_worker(client, max_concurrent_activities=MAX_CONCURRENT_ACTIVITIES) as queue:
+        async with run_worker(
+            client, max_concurrent_activities=MAX_CONCURRENT_ACTIVITIES, policies=RACING_POLICIES
+        ) as queue:
             for draft in drafts:
                 await start_export(
                     client, erp_connection_id=target.connection_id, draft=draft, store=object_store, task_queue=queue

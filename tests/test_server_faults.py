@@ -8,9 +8,9 @@ is checked is what the ERP and an operator see afterwards: the bytes in the
 dropzone, the ledger rows, the objects in the bucket, the workflow results
 and their histories.
 
-Retry intervals and the delivery heartbeat timeout are shortened for this
-process's worker (``workflows.policies`` is passed through the sandbox), so
-that a reduced run stays well under a minute per test.
+Retry intervals and the delivery heartbeat timeout are shortened for the
+test's worker (``FAST_POLICIES``, handed to ``build_worker``), so that a
+reduced run stays well under a minute per test.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ from tests.chaos.scale import size
 from tests.conftest import add_connection
 from tests.helpers import make_draft
 from worker import Adapters, build_worker
-from workflows import policies
+from workflows.policies import Policies
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.chaos]
 
@@ -72,6 +72,14 @@ FAST_RETRY = RetryPolicy(
     initial_interval=timedelta(milliseconds=500),
     backoff_coefficient=2.0,
     maximum_interval=timedelta(seconds=2),
+)
+FAST_POLICIES = Policies(
+    deliver_heartbeat_timeout=HEARTBEAT_TIMEOUT,
+    deliver_retry=FAST_RETRY,
+    ledger_retry=FAST_RETRY,
+    # A FAILED export closes its run after a second instead of waiting 30 days
+    # for an operator: the permanent-failure test reads the run's result.
+    retry_signal_window=timedelta(seconds=1),
 )
 # The SFTP connection's own bound on one request (connection config). Longer
 # than the heartbeat bound below, so that the hung-server test shows Temporal's
@@ -89,13 +97,7 @@ RESULT_TIMEOUT = 120.0
 
 
 @pytest.fixture
-def fast_policies(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(policies, "DELIVER_HEARTBEAT_TIMEOUT", HEARTBEAT_TIMEOUT)
-    monkeypatch.setattr(policies, "DELIVER_RETRY", FAST_RETRY)
-    monkeypatch.setattr(policies, "LEDGER_RETRY", FAST_RETRY)
-    # A FAILED export closes its run after a second instead of waiting 30 days
-    # for an operator: the permanent-failure test reads the run's result.
-    monkeypatch.setattr(policies, "RETRY_SIGNAL_WINDOW", timedelta(seconds=1))
+def fast_heartbeats(monkeypatch: pytest.MonkeyPatch) -> None:
     # Deliveries send their first heartbeat after 5 s, longer than the shortened
     # timeout itself: heartbeat early so that only a real stall times out.
     monkeypatch.setattr(export_activities, "FIRST_HEARTBEAT_AFTER_SECONDS", 0.5)
@@ -117,11 +119,12 @@ def adapters_for(ledger: Ledger, store: ObjectStore, pool: SftpConnectionPool) -
 
 @asynccontextmanager
 async def running_worker(client: Client, adapters: Adapters, *, slots: int = 16) -> AsyncIterator[str]:
-    """A real worker on a fresh task queue; its threads are joined on the way out."""
+    """A real worker (FAST_POLICIES) on a fresh task queue; its threads are joined on the way out."""
     task_queue = f"faults-{uuid.uuid4().hex[:8]}"
     with ThreadPoolExecutor(max_workers=slots, thread_name_prefix="activity") as executor:
         worker = build_worker(
-            client, adapters, task_queue=task_queue, executor=executor, max_concurrent_activities=slots
+            client, adapters, task_queue=task_queue, executor=executor, max_concurrent_activities=slots,
+            policies=FAST_POLICIES,
         )
         async with worker:
             yield task_queue
@@ -447,7 +450,7 @@ async def test_a_send_the_server_never_drains_ends_within_the_operation_timeout(
 
 @pytest.mark.parametrize("hang", ["whole_server", "session_only"])
 async def test_sftp_server_hung_mid_upload_times_out_and_retry_delivers_once(
-    client: Client, openssh_server, ledger, object_store, sftp_pool, fast_policies, monkeypatch, hang
+    client: Client, openssh_server, ledger, object_store, sftp_pool, fast_heartbeats, monkeypatch, hang
 ):
     """SIGSTOP the sshd processes serving an upload (``session_only``), or those
     and the listener (``whole_server``: retries cannot even connect): the
@@ -533,7 +536,7 @@ LOGIN_TIMEOUT = 2.0
 
 @pytest.mark.parametrize("fault", ["drop", "hang"])
 async def test_sftp_login_cut_off_or_unanswered_is_retried_not_auth_failed(
-    client: Client, asyncssh_sftp_server, ledger, object_store, sftp_pool, fast_policies, fault
+    client: Client, asyncssh_sftp_server, ledger, object_store, sftp_pool, fast_heartbeats, fault
 ):
     org_id = uuid.uuid4()
     config = asyncssh_sftp_server.config(
@@ -680,7 +683,7 @@ async def record_outage(
 
 
 async def test_sftp_server_restarted_with_exports_in_flight_delivers_each_once(
-    client: Client, openssh_server, ledger, object_store, sftp_pool, fast_policies, monkeypatch
+    client: Client, openssh_server, ledger, object_store, sftp_pool, fast_heartbeats, monkeypatch
 ):
     org_id = uuid.uuid4()
     config = openssh_server.config(
@@ -708,7 +711,7 @@ async def test_sftp_server_restarted_with_exports_in_flight_delivers_each_once(
 
 
 async def test_object_storage_restarted_with_exports_in_flight_delivers_each_once(
-    client: Client, seaweedfs, ledger, object_store, sftp_pool, fast_policies, tmp_path
+    client: Client, seaweedfs, ledger, object_store, sftp_pool, fast_heartbeats, tmp_path
 ):
     org_id = uuid.uuid4()
     dropzone = filesystem_dropzone(ledger, org_id, tmp_path / "dropzone")
@@ -752,7 +755,7 @@ async def storage_answering(store: ObjectStore, within: float = 60) -> None:
 
 
 async def test_database_restarted_with_exports_in_flight_delivers_each_once(
-    client: Client, private_postgres, config_cipher: ConfigCipher, object_store, sftp_pool, fast_policies, tmp_path
+    client: Client, private_postgres, config_cipher: ConfigCipher, object_store, sftp_pool, fast_heartbeats, tmp_path
 ):
     """A PostgreSQL of the test's own (the session's server stays up for the others)."""
     ledger = Ledger.connect(private_postgres.url, config_cipher)
@@ -846,7 +849,7 @@ async def failing_deliveries(
 
 @pytest.mark.parametrize("kind", ["filesystem", "openssh"])
 async def test_full_dropzone_is_retried_with_backoff_and_delivered_once_space_is_back(
-    client: Client, openssh_server, ledger, object_store, sftp_pool, fast_policies, tmp_path, kind
+    client: Client, openssh_server, ledger, object_store, sftp_pool, fast_heartbeats, tmp_path, kind
 ):
     org_id = uuid.uuid4()
     dropzone = dropzone_of(kind, ledger, org_id, openssh_server, tmp_path)
@@ -901,7 +904,7 @@ def unwritable(kind: str, export_dir: Path) -> Iterator[None]:
 
 @pytest.mark.parametrize("kind", ["filesystem", "openssh"])
 async def test_permission_denied_fails_at_once_with_a_clear_code(
-    client: Client, openssh_server, ledger, object_store, sftp_pool, fast_policies, tmp_path, kind
+    client: Client, openssh_server, ledger, object_store, sftp_pool, fast_heartbeats, tmp_path, kind
 ):
     org_id = uuid.uuid4()
     dropzone = dropzone_of(kind, ledger, org_id, openssh_server, tmp_path)

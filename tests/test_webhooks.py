@@ -5,7 +5,7 @@ The receiver gets the signed events of an export in order and verifies them with
 ``standardwebhooks`` library and with the README's own recipe; a receiver that is down
 gets them once it is back, while the export itself was ACKED on time; a receiver that
 answers 500 forever does not keep the export from ACKED. Retry intervals and the
-give-up window are shortened through ``workflows.policies`` (shared with the worker).
+give-up window are shortened by the ``Policies`` the test hands to its worker.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import re
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -38,7 +38,7 @@ from tests.conftest import Target
 from tests.fixtures.servers import free_port
 from tests.fixtures.temporal import TEST_DATA_CONVERTER
 from tests.helpers import ack_body, error_body, make_draft, wait_for_state, write_ack_atomically
-from workflows import policies
+from workflows.policies import Policies
 from workflows.export_order import ExportOrderWorkflow
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -119,8 +119,9 @@ class Receiver:
 
 
 @pytest.fixture
-def fast_webhooks(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(policies, "WEBHOOK_RETRY", FAST_RETRY)
+def fast_webhooks() -> Policies:
+    """The worker's policies: callbacks retried within a second instead of minutes."""
+    return Policies(webhook_retry=FAST_RETRY)
 
 
 def with_webhook(ledger: Ledger, target: Target, url: str) -> str:
@@ -151,7 +152,7 @@ async def test_signed_events_arrive_in_order_and_verify(
     draft = make_draft(org_id=target.org_id)
     did = draft["draft_order_id"]
     try:
-        async with run_worker(client) as queue:
+        async with run_worker(client, policies=fast_webhooks) as queue:
             await start_export(client, erp_connection_id=target.connection_id, draft=draft, task_queue=queue)
             first = await wait_for_state(client, did, lambda s: s.waiting_for == "ack")
             write_ack_atomically(target.ack_dir, f"error_{first.filename}", error_body("INVALID_CUSTOMER"))
@@ -211,7 +212,7 @@ async def test_a_receiver_that_is_down_gets_the_events_once_back(
     did = draft["draft_order_id"]
     callbacks = WebhookEvents(ledger)
     try:
-        async with run_worker(client) as queue:
+        async with run_worker(client, policies=fast_webhooks) as queue:
             started = time.monotonic()
             await start_export(client, erp_connection_id=target.connection_id, draft=draft, task_queue=queue)
             state = await wait_for_state(client, did, lambda s: s.waiting_for == "ack")
@@ -257,17 +258,16 @@ async def test_a_receiver_that_is_down_gets_the_events_once_back(
 
 
 async def test_a_receiver_answering_500_forever_does_not_keep_the_export_from_acked(
-    client: Client, run_worker, fs_target, ledger, fast_webhooks, monkeypatch
+    client: Client, run_worker, fs_target, ledger, fast_webhooks
 ):
-    monkeypatch.setattr(policies, "WEBHOOK_GIVE_UP_AFTER", timedelta(seconds=4))
-    monkeypatch.setattr(policies, "WEBHOOK_LAST_CHANCE", timedelta(seconds=1))
+    short_window = replace(fast_webhooks, webhook_give_up_after=timedelta(seconds=4), webhook_last_chance=timedelta(seconds=1))
     target = fs_target
     receiver = Receiver(status=500).start()
     with_webhook(ledger, target, receiver.url)
     draft = make_draft(org_id=target.org_id)
     did = draft["draft_order_id"]
     try:
-        async with run_worker(client) as queue:
+        async with run_worker(client, policies=short_window) as queue:
             await start_export(client, erp_connection_id=target.connection_id, draft=draft, task_queue=queue)
             state = await wait_for_state(client, did, lambda s: s.waiting_for == "ack")
             write_ack_atomically(target.ack_dir, f"ack_{state.filename}", ack_body("SO-500"))
@@ -290,20 +290,19 @@ async def test_a_receiver_answering_500_forever_does_not_keep_the_export_from_ac
 
 
 async def test_a_hanging_receiver_leaves_the_activity_slots_to_the_exports(
-    client: Client, run_worker, target_without_acks, ledger, fast_webhooks, monkeypatch
+    client: Client, run_worker, target_without_acks, ledger, fast_webhooks
 ):
     """Two activity slots for exports, a receiver that never answers (our request timeout: a
-    minute): the callbacks wait on their own worker's slot (WEBHOOK_MAX_IN_FLIGHT=1, their own
+    minute): the callbacks wait on their own worker's slot (webhook_max_in_flight=1, their own
     task queue), so every export is delivered meanwhile."""
-    monkeypatch.setattr(policies, "WEBHOOK_REQUEST_TIMEOUT_SECONDS", 60.0)
-    monkeypatch.setattr(policies, "WEBHOOK_MAX_IN_FLIGHT", 1)
+    one_slot = replace(fast_webhooks, webhook_request_timeout=timedelta(seconds=60), webhook_max_in_flight=1)
     target = target_without_acks
     receiver = Receiver(status=204).start()
     receiver.answering.clear()
     with_webhook(ledger, target, receiver.url)
     drafts = [make_draft(org_id=target.org_id) for _ in range(3)]
     try:
-        async with run_worker(client, max_concurrent_activities=2) as queue:
+        async with run_worker(client, max_concurrent_activities=2, policies=one_slot) as queue:
             started = time.monotonic()
             for draft in drafts:
                 await start_export(client, erp_connection_id=target.connection_id, draft=draft, task_queue=queue)

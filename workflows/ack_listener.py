@@ -15,7 +15,7 @@ permission, the network) is shown in the state and the current details, and
 tried again next interval: exports keep waiting, the ack timeout is theirs.
 
 Its history stays small: it continues as new when the server suggests it or
-after ``LISTENER_MAX_HISTORY_EVENTS`` events, carrying its counters over.
+after ``Policies.listener_max_history_events`` events, carrying its counters over.
 Operators read its state with the ``state`` query (``dropzone acks listeners``)
 and in the UI's current details.
 """
@@ -43,6 +43,7 @@ FALLBACK_INTERVAL = timedelta(seconds=60)
 @workflow.defn(name=policies.LISTENER_WORKFLOW_TYPE)
 class AckListenerWorkflow:
     def __init__(self) -> None:
+        self._policies = policies.current()  # the worker's, by task queue
         self._state: ListenerState | None = None
 
     @workflow.run
@@ -68,14 +69,14 @@ class AckListenerWorkflow:
     async def _look(self, request: ListenerInput) -> timedelta:
         state = self._state
         assert state is not None
-        sweep = state.last_tmp_sweep_at is None or workflow.now() - state.last_tmp_sweep_at >= policies.STALE_TMP_SWEEP_INTERVAL
+        sweep = state.last_tmp_sweep_at is None or workflow.now() - state.last_tmp_sweep_at >= self._policies.stale_tmp_sweep_interval
         try:
             result: ScanResult = await workflow.execute_activity_method(
                 AckListenerActivities.scan_ack_path,
                 ScanInput(erp_connection_id=request.erp_connection_id, sweep_stale_tmps=sweep),
-                start_to_close_timeout=policies.LISTENER_SCAN_TIMEOUT,
-                heartbeat_timeout=policies.LISTENER_SCAN_HEARTBEAT_TIMEOUT,
-                retry_policy=policies.LISTENER_SCAN_RETRY,
+                start_to_close_timeout=self._policies.listener_scan_timeout,
+                heartbeat_timeout=self._policies.listener_scan_heartbeat_timeout,
+                retry_policy=self._policies.listener_scan_retry,
                 summary="look into ack_path",
             )
         except ActivityError as err:
@@ -106,7 +107,7 @@ class AckListenerWorkflow:
 
     def _history_is_long(self) -> bool:
         info = workflow.info()
-        return info.is_continue_as_new_suggested() or info.get_current_history_length() >= policies.LISTENER_MAX_HISTORY_EVENTS
+        return info.is_continue_as_new_suggested() or info.get_current_history_length() >= self._policies.listener_max_history_events
 
     def _show(self) -> None:
         s = self._state

@@ -1,7 +1,7 @@
 """The ack wait of an export through its connection's ack listener (part of ExportOrderWorkflow).
 
 Runs that pass ``workflow.patched(ACK_LISTENER_PATCH)`` (new runs, while
-``policies.ACK_LISTENER`` is on) make sure the connection's listener runs
+``Policies.ack_listener`` is on) make sure the connection's listener runs
 (``ensure_ack_listener``, one activity per attempt) and then wait on a durable
 timer for the ack timeout: no activity, no ledger query and no dropzone
 request while they wait. The listener records the ERP's answer in the ledger
@@ -88,9 +88,9 @@ class ListenerWait(RetryWait):
                 task_queue=workflow.info().task_queue,
                 export_id=attempt.export_id,
             ),
-            start_to_close_timeout=policies.ENSURE_LISTENER_TIMEOUT,
-            schedule_to_close_timeout=policies.TRANSIENT_GIVE_UP_AFTER,
-            retry_policy=policies.LEDGER_RETRY,
+            start_to_close_timeout=self._policies.ensure_listener_timeout,
+            schedule_to_close_timeout=self._policies.transient_give_up_after,
+            retry_policy=self._policies.ledger_retry,
             summary="make sure the connection's ack listener runs",
         )
 
@@ -112,8 +112,8 @@ class ListenerWait(RetryWait):
             recorded: AttemptStatus = await workflow.execute_activity_method(
                 ExportActivities.mark_failed,
                 MarkFailedInput(export_id=attempt.export_id, error=error),
-                start_to_close_timeout=policies.LEDGER_TIMEOUT,
-                retry_policy=policies.LEDGER_RETRY,
+                start_to_close_timeout=self._policies.ledger_timeout,
+                retry_policy=self._policies.ledger_retry,
                 summary="record failure",
             )
             if recorded.status == "FAILED":
@@ -139,7 +139,7 @@ class ListenerWait(RetryWait):
             or self._last_error.code != ACK_TIMEOUT
         ):
             return await super()._wait_for_retry()
-        deadline = workflow.now() + policies.RETRY_SIGNAL_WINDOW
+        deadline = workflow.now() + self._policies.retry_signal_window
         self._details(
             f"FAILED (ACK_TIMEOUT); waiting for a retry signal, the ack listener still takes a late ack_{attempt.filename}"
         )

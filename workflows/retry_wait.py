@@ -1,6 +1,6 @@
 """The wait of a FAILED export for an operator's retry (part of ExportOrderWorkflow).
 
-A FAILED attempt waits up to ``RETRY_SIGNAL_WINDOW`` for a retry (the ``retry``
+A FAILED attempt waits up to ``Policies.retry_signal_window`` for a retry (the ``retry``
 signal or the ``retry_export`` Update). When it failed only because the ack
 timeout ran out (ACK_TIMEOUT), the ERP may still answer: while waiting, the run
 keeps polling for that late ack with the same activity-retry polling as the ack
@@ -30,7 +30,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows import policies
 
 # Marker of the late-ack poll in histories: keep this id as long as runs that
-# started before it may be open (RETRY_SIGNAL_WINDOW after the last such deploy).
+# started before it may be open (the retry signal window after the last such deploy).
 LATE_ACK_PATCH = "late-ack-after-ack-timeout"
 
 
@@ -48,6 +48,7 @@ def error_info_from(err: BaseException) -> ErrorInfo:
 
 class RetryWait:
     # Provided by ExportOrderWorkflow.
+    _policies: policies.Policies
     _attempt: AttemptInfo | None
     _last_error: ErrorInfo | None
     _erp_order_id: str | None
@@ -79,7 +80,7 @@ class RetryWait:
         try:
             await workflow.wait_condition(
                 lambda: self._retry_requested or self._cancel_requested,
-                timeout=policies.RETRY_SIGNAL_WINDOW,
+                timeout=self._policies.retry_signal_window,
             )
         except asyncio.TimeoutError:
             return False
@@ -87,7 +88,7 @@ class RetryWait:
 
     async def _wait_for_retry_or_late_ack(self, attempt: AttemptInfo) -> bool:
         """The retry wait of an ACK_TIMEOUT attempt, racing a poll for the ERP's late answer."""
-        deadline = workflow.now() + policies.RETRY_SIGNAL_WINDOW
+        deadline = workflow.now() + self._policies.retry_signal_window
         late = self._start_late_poll(attempt)
         self._details(
             f"FAILED (ACK_TIMEOUT); waiting for a retry signal, still looking for a late "
@@ -127,8 +128,8 @@ class RetryWait:
             workflow.execute_activity_method(
                 AckActivities.poll_ack,
                 ExportRef(export_id=attempt.export_id),
-                start_to_close_timeout=policies.ACK_POLL_TIMEOUT,
-                schedule_to_close_timeout=policies.RETRY_SIGNAL_WINDOW,
+                start_to_close_timeout=self._policies.ack_poll_timeout,
+                schedule_to_close_timeout=self._policies.retry_signal_window,
                 retry_policy=policies.ack_poll_retry(attempt.poll_interval_seconds),
                 summary=f"look for a late ack_{attempt.filename}",
             )

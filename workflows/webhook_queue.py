@@ -4,7 +4,7 @@ The workflow pushes an event at each transition and goes on at once: a slow
 or dead receiver never delays, fails or duplicates the export. One coroutine
 sends the events one after another (each is an activity retried with backoff),
 so a receiver gets the events of an export in the order they happened. Each
-event is given up once ``WEBHOOK_GIVE_UP_AFTER`` has passed since it
+event is given up once ``Policies.webhook_give_up_after`` has passed since it
 happened; the run waits for the queue (``drained``) before it closes.
 """
 
@@ -21,14 +21,15 @@ with workflow.unsafe.imports_passed_through():
     from activities.webhooks import WebhookActivities
     from dropzone.contracts import WebhookDelivery, WebhookGiveUp
     from dropzone.webhooks import WebhookEvent
-    from workflows import policies
+    from workflows.policies import Policies, webhook_task_queue
 
 # Marker of the first status callback in a run's history.
 WEBHOOK_PATCH = "status-callbacks"
 
 
 class WebhookQueue:
-    def __init__(self) -> None:
+    def __init__(self, policies: Policies) -> None:
+        self._policies = policies
         self._pending: deque[WebhookDelivery] = deque()
         self._task: asyncio.Task[None] | None = None
 
@@ -58,15 +59,15 @@ class WebhookQueue:
 
     async def _send(self, delivery: WebhookDelivery) -> None:
         event = delivery.event
-        window_left = event.occurred_at + policies.WEBHOOK_GIVE_UP_AFTER - workflow.now()
+        window_left = event.occurred_at + self._policies.webhook_give_up_after - workflow.now()
         try:
             await workflow.execute_activity_method(
                 WebhookActivities.send_webhook,
                 delivery,
-                start_to_close_timeout=policies.WEBHOOK_TIMEOUT,
-                schedule_to_close_timeout=max(window_left, policies.WEBHOOK_LAST_CHANCE),
-                retry_policy=policies.WEBHOOK_RETRY,
-                task_queue=policies.webhook_task_queue(workflow.info().task_queue),
+                start_to_close_timeout=self._policies.webhook_timeout,
+                schedule_to_close_timeout=max(window_left, self._policies.webhook_last_chance),
+                retry_policy=self._policies.webhook_retry,
+                task_queue=webhook_task_queue(workflow.info().task_queue),
                 summary=f"status callback {event.type} (attempt {event.attempt})",
             )
         except ActivityError as err:
@@ -78,10 +79,10 @@ class WebhookQueue:
                 await workflow.execute_activity_method(
                     WebhookActivities.give_up_webhook,
                     WebhookGiveUp(delivery=delivery, reason=str(getattr(cause, "message", cause))[:500]),
-                    start_to_close_timeout=policies.LEDGER_TIMEOUT,
-                    schedule_to_close_timeout=policies.TRANSIENT_GIVE_UP_AFTER,
-                    retry_policy=policies.LEDGER_RETRY,
-                    task_queue=policies.webhook_task_queue(workflow.info().task_queue),
+                    start_to_close_timeout=self._policies.ledger_timeout,
+                    schedule_to_close_timeout=self._policies.transient_give_up_after,
+                    retry_policy=self._policies.ledger_retry,
+                    task_queue=webhook_task_queue(workflow.info().task_queue),
                     summary="record a given-up status callback",
                 )
             except ActivityError:  # the ledger was down for a day: the row keeps its last error

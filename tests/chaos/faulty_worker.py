@@ -14,8 +14,8 @@ The plan (``CHAOS_PLAN``, JSON) says how many kills each point gets and the
 chance that a passing call takes one; a kill is claimed by creating a marker
 file exclusively in ``CHAOS_MARKERS``, so quotas hold across the restarts the
 test performs, and the marker names what was hit. The plan may also shorten
-timeouts of ``workflows.policies`` (seconds), so that Temporal notices a dead
-worker's activities in seconds rather than the production minutes.
+timeouts of the worker's ``Policies`` (field names, seconds), so that Temporal
+notices a dead worker's activities in seconds rather than the production minutes.
 """
 
 from __future__ import annotations
@@ -27,14 +27,14 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import worker
 from dropzone.delivery import Dropzone
-from workflows import policies
+from workflows.policies import DEFAULT_POLICIES, Policies
 
 POINTS = ("after_s3_put", "mid_upload", "after_rename", "after_ack_recorded", "before_ack_moved")
 # Small pieces, so that a kill after the first one leaves a partial .tmp behind.
@@ -133,24 +133,23 @@ class FaultyLedger(_Proxy):
         return record
 
 
-def shorten_timeouts(seconds: dict[str, float]) -> None:
-    for name, value in seconds.items():
-        current = getattr(policies, name)
-        if not isinstance(current, timedelta):
-            raise TypeError(f"workflows.policies.{name} is not a timeout")
-        setattr(policies, name, timedelta(seconds=value))
+def short_policies(seconds: dict[str, float]) -> Policies:
+    """The production policies with the plan's timeouts, handed to the worker."""
+    for name in seconds:
+        if not isinstance(getattr(DEFAULT_POLICIES, name, None), timedelta):
+            raise TypeError(f"Policies.{name} is not a timeout")
     # Retry backoff capped low too, so a retried step is not parked for a minute.
     cap = timedelta(seconds=2)
-    for name in ("LEDGER_RETRY", "DELIVER_RETRY"):
-        retry = getattr(policies, name)
-        setattr(policies, name, type(retry)(
-            initial_interval=retry.initial_interval, backoff_coefficient=retry.backoff_coefficient, maximum_interval=cap
-        ))
+    return replace(
+        DEFAULT_POLICIES,
+        **{name: timedelta(seconds=value) for name, value in seconds.items()},
+        ledger_retry=replace(DEFAULT_POLICIES.ledger_retry, maximum_interval=cap),
+        deliver_retry=replace(DEFAULT_POLICIES.deliver_retry, maximum_interval=cap),
+    )
 
 
 def main() -> None:
     plan = Plan.from_env()
-    shorten_timeouts(plan.timeouts)
     build_real = worker.build_adapters
 
     def build_faulty(settings: Any) -> worker.Adapters:
@@ -171,7 +170,7 @@ def main() -> None:
         return real_move(self, name, folder)
 
     Dropzone.move_ack = move_or_die  # type: ignore[method-assign]
-    worker.main()
+    worker.main(policies=short_policies(plan.timeouts))
 
 
 if __name__ == "__main__":
