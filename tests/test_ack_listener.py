@@ -24,7 +24,7 @@ from dropzone.ledger import Ledger
 from dropzone.transports.filesystem import FilesystemTransport
 from starter.api import cancel_export, export_handle, start_export
 from tests.conftest import Target, make_target
-from tests.helpers import ack_body, error_body, make_draft, wait_for_state, write_ack_atomically
+from tests.helpers import ack_body, error_body, eventually, make_draft, wait_for_state, write_ack_atomically
 from workflows import policies
 from workflows.policies import Policies
 from workflows.ack_listener import AckListenerWorkflow
@@ -42,17 +42,16 @@ async def listener_state(
 ) -> ListenerState:
     """The connection's listener state once ``predicate`` holds (it may not have started yet)."""
     handle = client.get_workflow_handle(policies.listener_id_for(connection_id))
-    deadline = time.monotonic() + timeout
-    last: ListenerState | None = None
-    while time.monotonic() < deadline:
-        try:
-            last = await handle.query(AckListenerWorkflow.state)
-            if predicate(last):
-                return last
-        except Exception:  # not started yet
-            pass
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"listener of {connection_id} never reached the expected state; last: {last}")
+    seen: list[ListenerState] = []
+
+    async def reached() -> ListenerState | None:
+        seen.append(await handle.query(AckListenerWorkflow.state))
+        return seen[-1] if predicate(seen[-1]) else None
+
+    return await eventually(
+        reached, timeout=timeout, every=0.2, ignoring=(Exception,),  # not started yet
+        what=lambda: f"listener of {connection_id} reaching the expected state; last: {seen[-1:]}",
+    )
 
 
 def write_old(ack_dir: Path, name: str, body: dict) -> Path:  # type: ignore[type-arg]

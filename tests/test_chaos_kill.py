@@ -16,7 +16,6 @@ row's sha256, one S3 object with that sha256; its ack in ``processed/``; no
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import os
 import signal
@@ -37,7 +36,7 @@ from tests.chaos.observer import AckResponder, PartialReadObserver
 from tests.chaos.report import record
 from tests.conftest import add_connection
 from tests.fixtures.operators import REPO_ROOT
-from tests.helpers import make_draft
+from tests.helpers import make_draft, sha256_of
 
 pytestmark = [pytest.mark.chaos, pytest.mark.asyncio(loop_scope="session")]
 
@@ -94,10 +93,6 @@ class Supervisor:
     def log_tail(self) -> str:
         path = self._log_dir / f"worker-{self.starts}.log"
         return path.read_text(errors="replace")[-3000:] if path.exists() else ""
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _bucket_keys(object_store, prefix: str) -> list[str]:  # type: ignore[no-untyped-def]
@@ -162,7 +157,7 @@ async def test_kill_9_at_every_side_effect_loses_and_duplicates_nothing(
     final_files = sorted(p.name for p in export_dir.iterdir())
     assert final_files == sorted(r.filename for r in rows), "a .tmp or an extra file was left behind"
     for row in rows:
-        assert _sha256(export_dir / row.filename) == row.sha256
+        assert sha256_of(export_dir / row.filename) == row.sha256
         stored = object_store.head(row.export_storage_key)
         assert stored is not None and stored.sha256 == row.sha256
     assert sorted(_bucket_keys(object_store, f"exports/{org_id}/")) == sorted(r.export_storage_key for r in rows)

@@ -25,7 +25,6 @@ partial or changed file.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import re
 import threading
@@ -53,7 +52,7 @@ from tests.chaos import scale
 from tests.chaos.observer import AckResponder, BackgroundLoop, PartialReadObserver
 from tests.chaos.report import record
 from tests.conftest import Target, make_target
-from tests.helpers import make_draft
+from tests.helpers import eventually, make_draft, sha256_of
 from worker import Adapters
 from workflows.policies import Policies
 
@@ -229,11 +228,10 @@ def tmp_files(target: Target) -> list[str]:
 
 async def settle(executions: Executions, target: Target) -> None:
     """Wait until the slow first executions have ended too and nothing is left half-written."""
-    deadline = time.monotonic() + SETTLE_DEADLINE
-    while time.monotonic() < deadline:
-        if executions.all_ended() and not tmp_files(target):
-            return
-        await asyncio.sleep(0.1)
+    await eventually(
+        lambda: executions.all_ended() and not tmp_files(target), timeout=SETTLE_DEADLINE,
+        what=lambda: f"every execution ended, no .tmp left (left: {tmp_files(target)})",
+    )
 
 
 async def deliver_attempts(client: Client, draft_order_id: str) -> list[Any]:
@@ -251,10 +249,6 @@ async def deliver_attempts(client: Client, draft_order_id: str) -> list[Any]:
         if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED
         and e.activity_task_started_event_attributes.scheduled_event_id in deliver_ids
     ]
-
-
-def sha256_of(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @dataclass
@@ -277,7 +271,7 @@ def inspect_outcome(
     by_draft = Counter(str(r.draft_order_id) for r in rows)
     outcome.duplicated = sum(n - 1 for n in by_draft.values() if n > 1) + len(set(files) - {r.filename for r in rows})
     for draft in drafts:
-        expected = hashlib.sha256(render_export(validate_draft(draft))).hexdigest()
+        expected = sha256_of(render_export(validate_draft(draft)))
         mine = [r for r in rows if str(r.draft_order_id) == draft["draft_order_id"]]
         if len(mine) != 1 or mine[0].filename not in files:
             outcome.lost += 1

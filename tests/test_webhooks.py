@@ -35,9 +35,16 @@ from dropzone.ledger.webhooks import WebhookEvents
 from dropzone.webhooks import new_secret
 from starter.api import RetryRejected, export_handle, retry_export, start_export
 from tests.conftest import Target
-from tests.fixtures.servers import free_port
 from tests.fixtures.temporal import TEST_DATA_CONVERTER
-from tests.helpers import ack_body, error_body, make_draft, wait_for_state, write_ack_atomically
+from tests.helpers import (
+    ack_body,
+    error_body,
+    eventually,
+    free_port,
+    make_draft,
+    wait_for_state,
+    write_ack_atomically,
+)
 from workflows.policies import Policies
 from workflows.export_order import ExportOrderWorkflow
 
@@ -136,13 +143,6 @@ def types(requests: list[Request]) -> list[tuple[str, int]]:
     return [(r.json()["type"], r.json()["attempt"]) for r in requests]
 
 
-async def eventually(predicate: Any, what: str, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"never happened: {what}"
-        await asyncio.sleep(0.1)
-
-
 async def test_signed_events_arrive_in_order_and_verify(
     client: Client, run_worker, fs_target, ledger, fast_webhooks, dropzone_cli_in_process
 ):
@@ -225,7 +225,8 @@ async def test_a_receiver_that_is_down_gets_the_events_once_back(
             await eventually(
                 lambda: [(e.status, e.delivery_attempts >= 3) for e in callbacks.for_draft(uuid.UUID(did))]
                 == [("PENDING", True)],
-                "the SENT callback retried while the receiver is down",
+                timeout=WAIT,
+                what="the SENT callback retried while the receiver is down",
             )
             pending = callbacks.for_draft(uuid.UUID(did))[0]
             assert pending.event_type == "export.sent" and "cannot connect" in (pending.last_error or "")
