@@ -17,7 +17,7 @@ from typing import Any
 
 import typer
 
-from dropzone.connection_config import SECRET_FIELDS, SftpConfig, config_to_storable, redacted
+from dropzone.connection_config import SECRET_FIELDS, FtpsConfig, SftpConfig, config_to_storable, redacted
 from dropzone.connectors import DROPZONE_JSON_V1, default_registry
 from dropzone.errors import DropzoneError, InvalidConfigError
 from dropzone.secret_files import require_owner_only
@@ -25,6 +25,7 @@ from dropzone.settings import load_settings
 from starter.cli.common import (
     EXIT_FAILED,
     connections_app,
+    err,
     fail,
     handle_errors,
     open_ledger,
@@ -103,6 +104,12 @@ def _check_ssh_key(config: Any, source: str | None) -> None:
     except InvalidConfigError as exc:
         where = f" in {source}" if source else ""
         raise InvalidConfigError(f"{exc.message}{where}") from None
+
+
+def _warn_plaintext(config: Any) -> None:
+    if isinstance(config, FtpsConfig) and config.allow_insecure_plaintext:
+        err.print(f"[yellow]warning:[/] {config.label} is plain FTP (allow_insecure_plaintext): the password and "
+                  "every order cross the network unencrypted and the server is not verified", highlight=False)
 
 
 def _one_stdin_reader(
@@ -204,6 +211,7 @@ def connections_add(
     _apply_webhook(raw, webhook_url, webhook_secret_file, config_file, password_file, ssh_key_file, ssh_key_passphrase_file)
     config = default_registry().get(connector_type).parse_config(raw)
     _check_ssh_key(config, ssh_key_file if ssh_key_file not in (None, STDIN) else None)
+    _warn_plaintext(config)
     ledger = open_ledger(load_settings())
     try:
         summary = ledger.add_connection(org_id, connector_type, config_to_storable(config))
@@ -273,6 +281,7 @@ def connections_update(
         )
         config = default_registry().get(record.connector_type).parse_config(raw)
         _check_ssh_key(config, ssh_key_file if ssh_key_file not in (None, STDIN) else None)
+        _warn_plaintext(config)
         ledger.update_connection_config(cid, config_to_storable(config))
     finally:
         ledger.dispose()
