@@ -16,6 +16,7 @@ never contain a credential.
     │   ├── ConnectionNotFoundError    CONNECTION_NOT_FOUND
     │   ├── ConnectionInactiveError    CONNECTION_INACTIVE
     │   ├── ExportNotFoundError        EXPORT_NOT_FOUND
+    │   ├── TokenNotFoundError         TOKEN_NOT_FOUND
     │   ├── ConfigKeyError             CONFIG_KEY_UNAVAILABLE
     │   ├── ConfigBindingError         CONFIG_ROW_MISMATCH
     │   ├── PayloadKeyError            PAYLOAD_KEY_UNAVAILABLE
@@ -103,6 +104,10 @@ class ConnectionInactiveError(PermanentError):
 
 class ExportNotFoundError(PermanentError):
     code = "EXPORT_NOT_FOUND"
+
+
+class TokenNotFoundError(PermanentError):
+    code = "TOKEN_NOT_FOUND"
 
 
 class ConfigKeyError(PermanentError):
@@ -219,3 +224,9 @@ class AckNotYetAvailable(TransientError):
 # Error codes produced by the workflow itself rather than by an adapter.
 ACK_TIMEOUT = "ACK_TIMEOUT"
 ACTIVITY_TIMEOUT = "ACTIVITY_TIMEOUT"
+# The retry_export Update refused: the export is not FAILED and waiting.
+RETRY_REJECTED = "RETRY_REJECTED"
+# A status callback the receiver did not take (retried; GAVE_UP after the window).
+WEBHOOK_UNDELIVERED = "WEBHOOK_UNDELIVERED"
+# The ack listener handed an answer to a run that does not wait for it.
+ACK_NOT_FOR_THIS_RUN = "ACK_NOT_FOR_THIS_RUN"

@@ -32,8 +32,6 @@ SECRET_PREFIX = "whsec_"
 MIN_SECRET_BYTES = 24
 MAX_SECRET_BYTES = 64
 MAX_URL_CHARS = 2048
-# The error code of an attempt the receiver did not accept (retried with backoff).
-WEBHOOK_UNDELIVERED = "WEBHOOK_UNDELIVERED"
 
 WebhookEventType = Literal["export.sent", "export.acked", "export.failed", "export.retry_started"]
 WebhookEventStatus = Literal["PENDING", "SENT", "ACKED", "FAILED"]

@@ -20,7 +20,7 @@ from uuid import UUID
 from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from dropzone.errors import InvalidConfigError, PermanentError
+from dropzone.errors import InvalidConfigError, TokenNotFoundError
 from dropzone.ledger.models import ApiToken, ErpConnection, ErpExport, UtcDatetime, _Record
 from dropzone.ledger.engine import translate_db_errors
 
@@ -29,10 +29,6 @@ TOKEN_BYTES = 32
 MAX_NAME_CHARS = 200
 # Connections whose organisation a process remembers (an org never changes; rows are never deleted).
 CONNECTION_CACHE_SIZE = 10_000
-
-
-class TokenNotFoundError(PermanentError):
-    code = "TOKEN_NOT_FOUND"
 
 
 class ApiTokenRecord(_Record):
