@@ -30,8 +30,9 @@ run calls it once per attempt, before its ack wait; a workflow can only start
 child workflows, and the listener must outlive every export).
 
 Stale temporary files: with ``sweep_stale_tmps`` (at most every
-``STALE_TMP_SWEEP_INTERVAL``), ``export_path`` is listed too and our own
-``<export file>.<token>.tmp`` files older than ``DELIVER_TIMEOUT`` are removed
+``Policies.stale_tmp_sweep_interval``), ``export_path`` is listed too and our own
+``<export file>.<token>.tmp`` files older than ``stale_tmp_age`` (the workflows'
+``Policies.deliver_timeout``) are removed
 unless their export is still PENDING (its attempt may still be running; a
 retried delivery removes those itself).
 """
@@ -142,6 +143,7 @@ class AckListenerActivities:
         enabled: bool = True,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
+        stale_tmp_age: timedelta = policies.DEFAULT_POLICIES.deliver_timeout,
     ) -> None:
         self._ledger = ledger
         self._connectors = connectors
@@ -150,6 +152,8 @@ class AckListenerActivities:
         self._enabled = enabled
         self._clock = clock
         self._sleep = sleep
+        # A .tmp older than the workflows' delivery timeout belongs to no running delivery.
+        self._stale_tmp_age = stale_tmp_age
 
     # --- the listener's lifecycle ----------------------------------------------
 
@@ -351,7 +355,7 @@ class AckListenerActivities:
             owner = self._ledger.get_export_by_filename(filename, erp_connection_id=connection.id)
             return owner is not None and owner.status == ExportStatus.PENDING
 
-        older_than = self._clock() - policies.DELIVER_TIMEOUT.total_seconds()
+        older_than = self._clock() - self._stale_tmp_age.total_seconds()
         removed = dropzone.remove_stale_tmps(older_than, keep=still_delivering)
         if removed:
             log.info("removed stale temporary files", extra={"erp_connection_id": str(connection.id), "removed": removed})

@@ -1,6 +1,6 @@
 """Activities that send an export's status callbacks (``dropzone/webhooks.py``).
 
-One POST per activity attempt; Temporal's retry policy (``workflows.policies.WEBHOOK_RETRY``)
+One POST per activity attempt; Temporal's retry policy (``Policies.webhook_retry``, workflows/policies.py)
 is the backoff while the receiver is down or answers anything but 2xx. The
 URL and the ``whsec_`` secret are loaded from the connection's encrypted
 config by id: neither ever enters the workflow's history. Every try is
@@ -26,6 +26,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 from uuid import UUID
 
 import httpx
@@ -57,7 +58,14 @@ def _undelivered(message: str) -> TransientError:
 
 
 class WebhookActivities:
-    def __init__(self, ledger: Ledger, client: httpx.Client | None = None) -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        client: httpx.Client | None = None,
+        *,
+        request_timeout: timedelta = policies.DEFAULT_POLICIES.webhook_request_timeout,
+    ) -> None:
+        self._request_timeout_seconds = request_timeout.total_seconds()
         self._events = WebhookEvents(ledger)
         self._ledger = ledger
         self._targets: dict[UUID, _Target] = {}
@@ -65,7 +73,7 @@ class WebhookActivities:
         # One pooled client per worker (thread-safe); no redirects: a receiver that
         # moved must be reconfigured, the signature is for the URL we were given.
         self._client = client or httpx.Client(
-            timeout=policies.WEBHOOK_REQUEST_TIMEOUT_SECONDS,
+            timeout=self._request_timeout_seconds,
             follow_redirects=False,
             headers={"user-agent": USER_AGENT},
             limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
@@ -86,7 +94,7 @@ class WebhookActivities:
         try:
             response = self._client.post(url, content=body, headers=headers)
         except httpx.TimeoutException:
-            error = f"{describe_url(url)}: no answer within {policies.WEBHOOK_REQUEST_TIMEOUT_SECONDS:g} s"
+            error = f"{describe_url(url)}: no answer within {self._request_timeout_seconds:g} s"
             self._record(delivery, tries, error=error)
             raise _undelivered(error) from None
         except httpx.TransportError as exc:

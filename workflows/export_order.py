@@ -64,8 +64,7 @@ with workflow.unsafe.imports_passed_through():
     from dropzone.export_v1 import validate_draft
     from dropzone.webhooks import EVENT_TYPE_FOR_STATUS, WebhookEvent
 
-    # Constants only; shared with the worker process (worker.build_workflow_runner)
-    # so that one worker process (the chaos suite's) can shorten its timeouts.
+    # Passed through the sandbox: the worker's Policies, by task queue (policies.current).
     from workflows import policies
 
 from workflows.ack_wait import ACK_LISTENER_PATCH, ListenerWait
@@ -78,6 +77,8 @@ __all__ = ["ACK_LISTENER_PATCH", "LATE_ACK_PATCH", "RETRY_REJECTED", "WEBHOOK_PA
 @workflow.defn(name=policies.WORKFLOW_TYPE)
 class ExportOrderWorkflow(ListenerWait):
     def __init__(self) -> None:
+        # The worker's timeouts and retry policies (the defaults when it gave none).
+        self._policies = policies.current()
         self._request: ExportRequest | None = None
         self._summary: DraftSummary | None = None
         self._attempt: AttemptInfo | None = None
@@ -92,7 +93,7 @@ class ExportOrderWorkflow(ListenerWait):
         self._opened_seq = 0
         self._attempt_seq = 0
         self._closing = False
-        self._webhooks = WebhookQueue()
+        self._webhooks = WebhookQueue(self._policies)
         # Answers handed over by the ack listener, by export id; the attempt that waits for one.
         self._handed: dict[UUID, AckOutcome] = {}
         self._listening_to: UUID | None = None
@@ -208,9 +209,9 @@ class ExportOrderWorkflow(ListenerWait):
         return await workflow.execute_activity_method(
             ExportActivities.inspect_draft,
             DraftRef(draft_ref=request.draft_ref),
-            start_to_close_timeout=policies.RENDER_TIMEOUT,
-            schedule_to_close_timeout=policies.TRANSIENT_GIVE_UP_AFTER,
-            retry_policy=policies.LEDGER_RETRY,
+            start_to_close_timeout=self._policies.render_timeout,
+            schedule_to_close_timeout=self._policies.transient_give_up_after,
+            retry_policy=self._policies.ledger_retry,
         )
 
     async def _run_attempt(self, request: ExportRequest) -> None:
@@ -230,9 +231,9 @@ class ExportOrderWorkflow(ListenerWait):
                     workflow_run_id=info.run_id,
                     run_seq=self._run_seq,
                 ),
-                start_to_close_timeout=policies.LEDGER_TIMEOUT,
-                schedule_to_close_timeout=policies.TRANSIENT_GIVE_UP_AFTER,
-                retry_policy=policies.LEDGER_RETRY,
+                start_to_close_timeout=self._policies.ledger_timeout,
+                schedule_to_close_timeout=self._policies.transient_give_up_after,
+                retry_policy=self._policies.ledger_retry,
                 summary="open attempt",
             )
         except ActivityError as err:
@@ -250,20 +251,20 @@ class ExportOrderWorkflow(ListenerWait):
             await workflow.execute_activity_method(
                 ExportActivities.render_and_store,
                 RenderInput(export_id=attempt.export_id, draft=request.draft, draft_ref=request.draft_ref),
-                start_to_close_timeout=policies.RENDER_TIMEOUT,
-                heartbeat_timeout=policies.RENDER_HEARTBEAT_TIMEOUT,
-                schedule_to_close_timeout=policies.TRANSIENT_GIVE_UP_AFTER,
-                retry_policy=policies.LEDGER_RETRY,
+                start_to_close_timeout=self._policies.render_timeout,
+                heartbeat_timeout=self._policies.render_heartbeat_timeout,
+                schedule_to_close_timeout=self._policies.transient_give_up_after,
+                retry_policy=self._policies.ledger_retry,
                 summary=f"render and store {attempt.storage_key}",
             )
             self._details(f"attempt {attempt.attempt}: delivering to {attempt.dropzone_label}")
             await workflow.execute_activity_method(
                 ExportActivities.deliver,
                 ExportRef(export_id=attempt.export_id),
-                start_to_close_timeout=policies.DELIVER_TIMEOUT,
-                heartbeat_timeout=policies.DELIVER_HEARTBEAT_TIMEOUT,
-                schedule_to_close_timeout=policies.TRANSIENT_GIVE_UP_AFTER,
-                retry_policy=policies.DELIVER_RETRY,
+                start_to_close_timeout=self._policies.deliver_timeout,
+                heartbeat_timeout=self._policies.deliver_heartbeat_timeout,
+                schedule_to_close_timeout=self._policies.transient_give_up_after,
+                retry_policy=self._policies.deliver_retry,
                 summary=f"deliver {attempt.filename} to {attempt.dropzone_label}",
             )
             self._set_status("SENT")
@@ -290,7 +291,7 @@ class ExportOrderWorkflow(ListenerWait):
             self._emit("FAILED")
 
     async def _await_ack(self, attempt: AttemptInfo) -> AckOutcome | None:
-        if policies.ACK_LISTENER and workflow.patched(ACK_LISTENER_PATCH):
+        if self._policies.ack_listener and workflow.patched(ACK_LISTENER_PATCH):
             listener = await self._listener_ref(attempt)
             if listener.enabled:
                 return await self._await_handed_ack(attempt, listener.workflow_id)
@@ -303,7 +304,7 @@ class ExportOrderWorkflow(ListenerWait):
             workflow.execute_activity_method(
                 AckActivities.poll_ack,
                 ExportRef(export_id=attempt.export_id),
-                start_to_close_timeout=policies.ACK_POLL_TIMEOUT,
+                start_to_close_timeout=self._policies.ack_poll_timeout,
                 schedule_to_close_timeout=timedelta(seconds=attempt.ack_timeout_seconds),
                 retry_policy=policies.ack_poll_retry(attempt.poll_interval_seconds),
                 summary=f"wait for ack_{attempt.filename}",
@@ -332,8 +333,8 @@ class ExportOrderWorkflow(ListenerWait):
         await workflow.execute_activity_method(
             ExportActivities.mark_failed,
             MarkFailedInput(export_id=attempt.export_id, error=error),
-            start_to_close_timeout=policies.LEDGER_TIMEOUT,
-            retry_policy=policies.LEDGER_RETRY,
+            start_to_close_timeout=self._policies.ledger_timeout,
+            retry_policy=self._policies.ledger_retry,
             summary="record failure",
         )
         self._fail(error)
