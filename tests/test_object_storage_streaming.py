@@ -16,6 +16,7 @@ import pytest
 
 from dropzone import errors
 from dropzone.object_store import ObjectInfo, ObjectStore
+from dropzone.object_store.streams import VerifiedStream
 from tests.helpers import sha256_of
 
 MiB = 1024 * 1024
@@ -88,3 +89,13 @@ def test_put_copies_mutable_chunks(object_store: ObjectStore, body: bytes) -> No
     key = new_key()
     object_store.put(key, reused_buffer(), sha256=sha256_of(body), size=len(body))
     assert stored_bytes(object_store, key) == body
+
+
+def test_a_one_chunk_body_is_verified_before_the_request_and_a_longer_one_streams_on(body: bytes) -> None:
+    small = body[:1000]
+    assert VerifiedStream([small], size=len(small), sha256=sha256_of(small), label="x").whole() == small
+    with pytest.raises(errors.IntegrityError, match="differs from expected"):
+        VerifiedStream([small], size=len(small), sha256=sha256_of(b"other"), label="x").whole()
+    stream = VerifiedStream(chunked(body), size=len(body), sha256=sha256_of(body), label="x")
+    assert stream.whole() is None  # more than one chunk: read on from the first
+    assert b"".join(iter(lambda: stream.read(64 * 1024), b"")) == body

@@ -4,12 +4,14 @@
   last bytes are held back until the source has hashed to the expected sha256
   at exactly the expected size, else the request is aborted and nothing is
   stored, on any store. The store checks ``x-amz-checksum-sha256`` (our
-  sha256, known up front) as well. Memory: one chunk. One PUT takes up to
+  sha256, known up front) as well. Memory: one chunk. A body that comes as
+  one chunk (most exports) is verified before the request and sent as bytes:
+  one send, and botocore may resend it. One PUT takes up to
   ``MAX_OBJECT_BYTES`` (S3's 5 GiB); the largest body the product makes is far
   below (a draft is at most 512 MiB, ``activities/exports.py``, and renders to
   at most about three times its size). Measured on SeaweedFS (benchmarks/
-  bench_transfer.py): about 0.9x a raw HTTP PUT of the same bytes; multipart
-  uploads came to 0.6-0.7x, so there are none.
+  bench_transfer.py): about 0.9x a raw HTTP PUT of the same bytes from 8 MB
+  to 100 MB; multipart uploads came to 0.6-0.7x, so there are none.
 * Our own integrity is the sha256 we compute while streaming, stored as user
   metadata ``sha256``. boto3 >= 1.36 adds checksum headers that some
   S3-compatible stores reject, so its own checksums are only sent and
@@ -165,12 +167,13 @@ class ObjectStore:
         if isinstance(chunks, bytes | bytearray | memoryview):
             chunks = [bytes(chunks)]
         stream = VerifiedStream(chunks, size=size, sha256=sha256, label=f"{self._label}: {key}")
+        whole = stream.whole()
         try:
             with translate(self._where(f"put {key}")):
                 self._client.put_object(
                     Bucket=self.bucket,
                     Key=key,
-                    Body=stream,
+                    Body=stream if whole is None else whole,
                     ContentLength=size,
                     ChecksumSHA256=base64.b64encode(bytes.fromhex(sha256)).decode("ascii"),
                     ContentType=content_type,

@@ -34,6 +34,19 @@ class VerifiedStream(io.RawIOBase):
             # Nothing will be read for an empty body: the source is checked now.
             self._verify_end()
 
+    def whole(self) -> bytes | None:
+        """The whole body, verified, if the source's first chunk holds all of it; else None.
+
+        A small body (one chunk: most exports) then goes up as bytes: one send,
+        and botocore can resend it. A larger one streams on from where this left it.
+        """
+        if self._seen == 0 and self._size > 0:
+            self._next_chunk()
+        if self._seen != self._size:
+            return None
+        block, self._buffer = bytes(self._buffer), memoryview(b"")
+        return block
+
     def readable(self) -> bool:
         return True
 
