@@ -311,6 +311,12 @@ def test_list_all_acks_finds_every_ack_oldest_first_and_nothing_else(zone: Zone)
     assert [a.name for a in after] == [naming.error_ack_name(OTHER), naming.ack_name(FILENAME)]
 
 
+def test_a_missing_ack_directory_is_named(zone: Zone):
+    with zone.open(ack_path=zone.path_below_export("nowhere")) as dz, pytest.raises(errors.MissingDirectoryError) as info:
+        dz.list_all_acks()
+    assert "nowhere" in str(info.value)
+
+
 def test_ack_operations_need_an_ack_path(zone: Zone):
     with zone.open(ack_path=None) as dz:
         for call in (
