@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 import starter.cli  # noqa: F401  (registers the commands)
 from dropzone.connection_config import parse_connection_config
 from dropzone.errors import AuthenticationError
-from dropzone.transports.sftp import SftpDropzone
+from dropzone.transports.sftp import SftpTransport
 from starter.api import export_handle, start_export
 from starter.cli.common import app
 from starter.cli.hostkeys import known_hosts_line, pin_fingerprint
@@ -155,7 +155,7 @@ async def test_changed_host_key_fails_the_export_before_authentication(
     # Control: with the right pin the same user does reach authentication, and the log shows it.
     right = parse_connection_config({**config, "host_key": openssh_server.host_key_line})
     with pytest.raises(AuthenticationError):
-        SftpDropzone.connect(right)
+        SftpTransport.connect(right)
     assert openssh_server.auth_attempts(username) > 0
 
 
