@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import sys
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -72,7 +72,8 @@ _LINES = TypeAdapter(list[DraftLine], config=ConfigDict(cache_strings="keys"))
 # Only for a ``lines`` value that is not a non-empty array: words its problem
 # exactly as DraftOrder does.
 _LINES_FIELD = TypeAdapter(Annotated[list[DraftLine], Field(min_length=1)])
-_ENVELOPE = model_without_lines(DraftOrder)
+_ENVELOPE_MODEL = model_without_lines(DraftOrder)
+_ENVELOPE: TypeAdapter[Any] = TypeAdapter(_ENVELOPE_MODEL)
 _ANY = msgspec.json.Decoder()
 _KEY = msgspec.json.Encoder()
 _MISSING: Any = object()
@@ -91,114 +92,79 @@ class _NotJson(Exception):
     """A small buffer that msgspec and jiter do not read alike: decode it whole (cold path)."""
 
 
-def _is_json_problem(exc: ValidationError) -> bool:
-    return any(error["type"] == "json_invalid" for error in exc.errors(include_url=False))
+class _Source:
+    """The draft's top-level values and how each part is validated: from raw JSON spans
+    (``as_json``, by jiter) or from decoded Python objects, by the same adapters."""
 
-
-class _Spans:
-    """JSON bytes, split into raw spans of the buffer."""
-
-    def __init__(self, data: Buffer) -> None:
-        with memoryview(data) as view:
-            self.small = view.nbytes <= JITER_WORDS_UP_TO
-        try:
-            self.top = split_document(data)
-        except (msgspec.ValidationError, msgspec.DecodeError, RecursionError) as exc:
-            if self.small:
-                raise _NotJson from None
-            if isinstance(exc, msgspec.ValidationError):
-                raise document_problem("must be a JSON object") from None
-            if isinstance(exc, RecursionError):  # msgspec gives up on deep nesting by raising it
-                raise document_problem(invalid_json("recursion limit exceeded")) from None
-            raise document_problem(invalid_json(json_error_position(data, exc))) from None
-
-    def _problems(self, exc: ValidationError, **where: Any) -> Problems:
-        if self.small and _is_json_problem(exc):
-            raise _NotJson
-        return validation_problems(exc, **where)
-
-    def envelope(self) -> tuple[Any, Problems]:
-        doc = b"{" + b",".join(_KEY.encode(k) + b":" + bytes(v) for k, v in self.top.items() if k != "lines") + b"}"
-        try:
-            return _ENVELOPE.model_validate_json(doc), []
-        except ValidationError as exc:
-            return None, self._problems(exc)
-
-    def lines_value(self) -> Any:
-        return self.top.get("lines", _MISSING)
-
-    def items(self, value: Any) -> list[Any] | None:
-        return split_items(value)
-
-    def lines_value_problems(self, value: Any) -> Problems:
-        try:
-            _LINES_FIELD.validate_json(bytes(value))
-        except ValidationError as exc:
-            return self._problems(exc, within=("lines",))
-        return [("lines", "must contain at least 1 item(s)")]  # pragma: no cover - defensive
-
-    def lines(self, start: int, items: list[Any]) -> tuple[list[DraftLine] | None, Problems]:
-        try:
-            return _LINES.validate_json(b"[" + b",".join(items) + b"]"), []
-        except ValidationError as exc:
-            return None, self._problems(exc, within=("lines",), index_offset=start)
-
-    @staticmethod
-    def line_no(item: Any) -> Any:
-        try:
-            decoded = _ANY.decode(item)
-        except msgspec.DecodeError:
-            return None
-        return decoded.get("line_no") if isinstance(decoded, dict) else None
-
-
-class _Decoded:
-    """Decoded JSON: a ``dict`` (the workflow's inline draft), or a small buffer jiter decoded."""
-
-    def __init__(self, top: dict[str, Any]) -> None:
+    def __init__(self, top: Mapping[str, Any], *, as_json: bool, small: bool = False) -> None:
         self.top = top
+        self.as_json = as_json
+        self.small = small  # may be decoded whole if a part is not JSON
+
+    def _check(self, adapter: TypeAdapter[Any], value: Any, **where: Any) -> tuple[Any, Problems]:
+        try:
+            return (adapter.validate_json(value) if self.as_json else adapter.validate_python(value)), []
+        except ValidationError as exc:
+            if self.small and any(error["type"] == "json_invalid" for error in exc.errors(include_url=False)):
+                raise _NotJson from None
+            return None, validation_problems(exc, **where)
 
     def envelope(self) -> tuple[Any, Problems]:
-        try:
-            return _ENVELOPE.model_validate({k: v for k, v in self.top.items() if k != "lines"}), []
-        except ValidationError as exc:
-            return None, validation_problems(exc)
-
-    def lines_value(self) -> Any:
-        return self.top.get("lines", _MISSING)
+        """Every field but ``lines``, validated as ``DraftOrder`` does."""
+        rest: Any = {k: v for k, v in self.top.items() if k != "lines"}
+        if self.as_json:
+            rest = b"{" + b",".join(_KEY.encode(k) + b":" + bytes(v) for k, v in rest.items()) + b"}"
+        return self._check(_ENVELOPE, rest)
 
     def items(self, value: Any) -> list[Any] | None:
+        """The items of the ``lines`` value, or None when it is not an array."""
+        if self.as_json:
+            return split_items(value)
         if isinstance(value, list):
             return value
-        return list(value) if isinstance(value, tuple) else None
+        return list(value) if isinstance(value, tuple) else None  # what lax validation takes
 
     def lines_value_problems(self, value: Any) -> Problems:
-        try:
-            _LINES_FIELD.validate_python(value)
-        except ValidationError as exc:
-            return validation_problems(exc, within=("lines",))
-        return [("lines", "must contain at least 1 item(s)")]  # pragma: no cover - defensive
+        """The problem of a ``lines`` value that is not a non-empty array, as ``DraftOrder`` words it."""
+        _, problems = self._check(_LINES_FIELD, bytes(value) if self.as_json else value, within=("lines",))
+        return problems or [("lines", "must contain at least 1 item(s)")]
 
     def lines(self, start: int, items: list[Any]) -> tuple[list[DraftLine] | None, Problems]:
-        try:
-            return _LINES.validate_python(items), []
-        except ValidationError as exc:
-            return None, validation_problems(exc, within=("lines",), index_offset=start)
+        """Validate the items ``lines[start:]``: their models, or None and their problems."""
+        value = b"[" + b",".join(items) + b"]" if self.as_json else items
+        return self._check(_LINES, value, within=("lines",), index_offset=start)
 
-    @staticmethod
-    def line_no(item: Any) -> Any:
+    def line_no(self, item: Any) -> Any:
+        """An item's ``line_no`` as decoded JSON (cold path: the item is invalid)."""
+        if self.as_json:
+            try:
+                item = _ANY.decode(item)
+            except msgspec.DecodeError:
+                return None
         return item.get("line_no") if isinstance(item, dict) else None
 
 
-_Source = _Spans | _Decoded
+def _split(data: Buffer) -> _Source:
+    with memoryview(data) as view:  # released: a live view keeps a memory-mapped file open
+        small = view.nbytes <= JITER_WORDS_UP_TO
+    try:
+        return _Source(split_document(data), as_json=True, small=small)
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError) as exc:
+        if small:
+            raise _NotJson from None
+        if isinstance(exc, msgspec.ValidationError):
+            raise document_problem("must be a JSON object") from None
+        if isinstance(exc, RecursionError):  # msgspec gives up on deep nesting by raising it
+            raise document_problem(invalid_json("recursion limit exceeded")) from None
+        raise document_problem(invalid_json(json_error_position(data, exc))) from None
+
+
+_RAW_LINES = _Source({}, as_json=True)
 
 
 def check_lines(start: int, raw_lines: list[msgspec.Raw]) -> tuple[list[DraftLine] | None, Problems]:
     """Validate raw order lines ``lines[start:]``: their models, or None and their problems."""
-    try:
-        return _LINES.validate_json(b"[" + b",".join(raw_lines) + b"]"), []
-    except ValidationError as exc:
-        return None, validation_problems(exc, within=("lines",), index_offset=start)
+    return _RAW_LINES.lines(start, raw_lines)
 
 
 class _LineNumbers:
@@ -273,7 +239,7 @@ def _run(source: _Source, write: _Writer, batch_lines: int, keep: list[DraftLine
     envelope, envelope_problems = source.envelope()
     draft = None
     if envelope is not None:
-        values = {name: getattr(envelope, name) for name in _ENVELOPE.model_fields}
+        values = {name: getattr(envelope, name) for name in _ENVELOPE_MODEL.model_fields}
         draft = DraftOrder.model_construct(**values, lines=[])
     writing = write.write is not None and draft is not None
     tail = b""
@@ -282,7 +248,7 @@ def _run(source: _Source, write: _Writer, batch_lines: int, keep: list[DraftLine
         head, tail = export_head_and_tail(draft)
         write(head)
 
-    value = source.lines_value()
+    value = source.top.get("lines", _MISSING)
     items, value_problems = [], [("lines", "is required")]
     if value is not _MISSING:
         items, value_problems = source.items(value) or [], []
@@ -338,7 +304,7 @@ def stream_validated_export(
     keep: list[DraftLine] | None = [] if keep_lines else None
     writer = _Writer(write)
     if isinstance(data, dict):
-        return _run(_Decoded(data), writer, batch_lines, keep)
+        return _run(_Source(data, as_json=False), writer, batch_lines, keep)
     if isinstance(data, str):
         try:
             data = data.encode()
@@ -347,7 +313,7 @@ def stream_validated_export(
     if not isinstance(data, Buffer):
         raise document_problem("must be a JSON object")
     try:
-        return _run(_Spans(data), writer, batch_lines, keep)
+        return _run(_split(data), writer, batch_lines, keep)
     except _NotJson:
         pass
     # Cold path: a small buffer that is not JSON both parsers read alike.
@@ -359,7 +325,7 @@ def stream_validated_export(
         raise document_problem("must be a JSON object")
     if writer.used:  # pragma: no cover - jiter refused a span, but not the document holding it
         raise document_problem(invalid_json("unparseable"))
-    return _run(_Decoded(decoded), writer, batch_lines, [] if keep_lines else None)
+    return _run(_Source(decoded, as_json=False), writer, batch_lines, [] if keep_lines else None)
 
 
 def validate_draft(data: dict[str, Any] | Buffer | str) -> DraftOrder:
