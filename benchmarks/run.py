@@ -31,6 +31,7 @@ from benchmarks.bench_doors import door_rows
 from benchmarks.bench_e2e import E2EConfig, e2e_rows
 from benchmarks.bench_large import large_export_rows
 from benchmarks.bench_render import render_500_row, render_large_row
+from benchmarks.bench_ftps import ftps_rows
 from benchmarks.bench_transfer import s3_rows, sftp_rows
 from benchmarks.bench_waiting import FULL as WAITING_FULL
 from benchmarks.bench_waiting import SMOKE as WAITING_SMOKE
@@ -54,6 +55,7 @@ class Plan:
     door_runs: int
     s3_mb: list[int]
     sftp_mb: list[int]
+    ftps_mb: list[int]
     api_pushes: int
     e2e: E2EConfig
     webhooks: WebhookBenchConfig
@@ -69,6 +71,7 @@ FULL = Plan(
     door_runs=3,
     s3_mb=[100],
     sftp_mb=[10, 100],
+    ftps_mb=[100],
     api_pushes=300,
     e2e=E2EConfig(burst=300, runs=5, single_runs=15, worker_counts=[1, 2, 4], ack_runs=10, ack_intervals=[1, 5]),
     webhooks=WebhookBenchConfig(burst=300, runs=5),
@@ -83,6 +86,7 @@ SMOKE = Plan(
     door_runs=1,
     s3_mb=[20],
     sftp_mb=[2],
+    ftps_mb=[2],
     api_pushes=10,
     e2e=E2EConfig(burst=10, runs=1, single_runs=1, worker_counts=[1], ack_runs=1, ack_intervals=[1]),
     webhooks=WebhookBenchConfig(burst=10, runs=1),
@@ -192,6 +196,7 @@ def run(plan: Plan, smoke: bool) -> str:
     with stack() as s:
         rows += s3_rows(s, plan.s3_mb, plan.runs, min_ratio=0.75)
         rows += sftp_rows(s, plan.sftp_mb, plan.runs, targets={10: 0.70, 100: 0.75})
+        rows += ftps_rows(plan.ftps_mb, plan.runs, min_ratio=0.90)
         rows += large_export_rows(s, plan.large_lines, plan.large_runs)
         rows += asyncio.run(door_rows(s, plan.door_lines, plan.door_runs))
         e2e = asyncio.run(e2e_rows(s, plan.e2e))
