@@ -19,7 +19,7 @@ from dropzone.errors import InvalidConfigError, SshAlgorithmError
 from dropzone.ssh_algorithms import CURRENT, LEGACY, UNAVAILABLE
 from dropzone.delivery import Dropzone
 from dropzone.transports.sftp import SftpTransport, _paramiko, fetch_host_key
-from tests.fixtures.servers import dedicated_openssh_server
+from tests.fixtures.sshd import dedicated_openssh_server
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 WEAK = {

@@ -33,7 +33,7 @@ from dropzone.ledger import ExportRecord, Ledger
 from dropzone.connectors import open_dropzone
 from tests.conftest import Target, make_target
 from tests.test_corpus_acks import open_export, poll
-from tests.fixtures.servers import SFTP_USER
+from tests.fixtures.sftp_common import SFTP_USER
 from tests.helpers import ack_body, error_body
 
 LONG_AGO = 3600.0  # settled, and past any sweep grace

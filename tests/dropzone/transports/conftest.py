@@ -1,4 +1,4 @@
-"""Shared fixtures for the transport tests (server fixtures come from tests.fixtures.servers)."""
+"""Shared fixtures for the transport tests (the servers are fixtures of tests/fixtures/, loaded by tests/conftest.py)."""
 
 from __future__ import annotations
 
