@@ -5,20 +5,25 @@ over FTPS, and the worker taking the answers (ACKED / FAILED, acks moved)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import signal
 import sys
+import threading
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from starter.api import start_export
+from dropzone.export_v1 import render_export, validate_draft
+from starter.api import export_handle, start_export
 from starter.demo import REJECTED_CUSTOMER, sample_drafts
+from tests.conftest import add_connection
 from tests.fixtures.ftps import FtpsServerInfo
 from tests.fixtures.operators import CliRunner
-from tests.helpers import eventually, wait_for_state
+from tests.helpers import eventually, eventually_sync, make_draft, pending_activity, sha256_of, wait_for_state
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -132,3 +137,45 @@ async def test_the_demos_orders_go_over_ftps_and_erp_sim_answers_them(
     text = out.decode() + err.decode()
     assert text.count("ACKED ") == 3 and "INVALID_CUSTOMER" in text, text
     assert ftps_server.password not in text and "Traceback" not in text
+
+
+async def test_a_server_crash_mid_upload_is_retried_by_temporal_into_one_intact_file(
+    client, run_worker, ledger, object_store, ftps_server: FtpsServerInfo,  # type: ignore[no-untyped-def]
+) -> None:
+    org_id = uuid.uuid4()
+    raw = ftps_server.config()
+    raw.pop("ack_path")
+    connection_id = add_connection(ledger, org_id, raw)
+    export_dir = ftps_server.local_path(raw["export_path"])
+    draft = make_draft(org_id=org_id, lines=40_000)  # ~10 MB: long enough to be cut off
+    expected = render_export(validate_draft(draft))
+    crashed = threading.Event()
+
+    def crash_when_the_tmp_appears() -> None:
+        with contextlib.suppress(AssertionError):  # no upload began: the test says so below
+            eventually_sync(
+                lambda: any(n.endswith(".tmp") for n in os.listdir(export_dir)), timeout=60, every=0.0005,
+                what="a .tmp in the FTPS export directory",
+            )
+            ftps_server.stop()  # SIGKILL mid-upload: the partial .tmp stays on the server's disk
+            crashed.set()
+
+    async def a_retry_failed() -> bool:
+        pending = await pending_activity(client, draft["draft_order_id"], "deliver")
+        return pending is not None and pending.attempt >= 3 and pending.HasField("last_failure")
+
+    watcher = threading.Thread(target=crash_when_the_tmp_appears, daemon=True)
+    watcher.start()
+    try:
+        async with run_worker(client) as queue:
+            await start_export(client, erp_connection_id=connection_id, draft=draft, store=object_store, task_queue=queue)
+            await asyncio.get_running_loop().run_in_executor(None, crashed.wait, 60)
+            assert crashed.is_set(), "the delivery never started"
+            await eventually(a_retry_failed, what="a retry failing against the stopped FTPS server")
+            ftps_server.start()
+            result = await asyncio.wait_for(export_handle(client, draft["draft_order_id"]).result(), 90)
+    finally:
+        ftps_server.start()  # idempotent: the session's server stays up for the other tests
+    assert result.status == "SENT"
+    assert [p.name for p in export_dir.iterdir()] == [result.filename]  # no .tmp of any attempt left
+    assert sha256_of(export_dir / result.filename) == sha256_of(expected)
