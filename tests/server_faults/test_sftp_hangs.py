@@ -20,7 +20,7 @@ from temporalio.client import Client
 
 from dropzone.ledger import Ledger
 from dropzone.object_store import ObjectStore
-from dropzone.transports.sftp import _SendBoundSocket
+from dropzone.transports.sftp import SendBoundSocket
 from starter.api import start_export
 from tests.chaos.observer import PartialReadObserver
 from tests.chaos.report import record
@@ -134,12 +134,12 @@ async def stall_one_upload(  # type: ignore[no-untyped-def]
 
 async def test_a_send_the_server_never_drains_ends_within_the_operation_timeout():
     """Below the SSH window: a hung server whose socket buffers are full. paramiko
-    retries such a send forever; through ``_SendBoundSocket`` (what every SFTP
+    retries such a send forever; through ``SendBoundSocket`` (what every SFTP
     connection is given) its own write loop ends with EOFError, a lost connection."""
     ours, server = socket.socketpair()
     with ours, server:
         ours.settimeout(0.1)  # what paramiko sets on the socket it is handed
-        packetizer = Packetizer(_SendBoundSocket(ours, stall_seconds=1.0))
+        packetizer = Packetizer(SendBoundSocket(ours, stall_seconds=1.0))
         began = time.monotonic()
         with pytest.raises(EOFError):
             packetizer.write_all(b"\0" * (64 << 20))  # far more than the buffers hold

@@ -49,9 +49,6 @@ from dropzone.transports.sftp.keys import host_key_fingerprint, load_private_key
 from dropzone.transports.sftp.pool import SftpConnectionPool
 from dropzone.transports.sftp.transport import SftpTransport
 
-# TRANSITIONAL: the old name, until tests/server_faults/ says SendBoundSocket.
-_SendBoundSocket = SendBoundSocket
-
 __all__ = [
     "SendBoundSocket",
     "SftpConnectionPool",
