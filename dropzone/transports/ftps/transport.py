@@ -144,14 +144,12 @@ class FtpsTransport(Transport):
         ]
 
     def _check_regular(self, path: str) -> bool:
-        """False when nothing is there; UnsafePathError for a link or a directory."""
+        """MLST before RETR: False when nothing is there; UnsafePathError for a link or a directory."""
         st = self.stat(path)
-        if st is None:
-            return False
-        if not st.is_file:
-            what = "a symbolic link" if st.is_link else "not a regular file"
-            raise errors.UnsafePathError(f"{self.label}: {path} is {what}; not read (links are never followed)")
-        return True
+        if st is not None and not st.is_file:
+            kind = "a symbolic link" if st.is_link else "not a regular file"
+            raise errors.UnsafePathError(f"{self.label}: {path} is {kind}; not read (links are never followed)")
+        return st is not None
 
     def write_new(
         self,
