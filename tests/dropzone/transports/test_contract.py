@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -220,6 +221,24 @@ def test_a_retry_removes_the_tmps_of_earlier_attempts_only(zone: Zone):
         assert deliver(dz, data, token=naming.execution_token(4, "4a4a"), attempt=4).already_present
     # Attempt 4 outranks attempt 3 too.
     assert zone.exports() == sorted([FILENAME, f"{OTHER}.{naming.execution_token(1, '0c0c')}.tmp", f"{FILENAME}.tok1.tmp"])
+
+
+def test_stale_tmps_nobody_claims_are_removed_and_nothing_else(zone: Zone):
+    """What a worker killed mid-upload leaves when no retry follows (the run was terminated)."""
+    now = time.time()
+    files = {  # name: (last written, still there afterwards)
+        f"{FILENAME}.{naming.execution_token(1, 'a1a1')}.tmp": (now - 3600, False),
+        f"{OTHER}.{naming.execution_token(1, 'b2b2')}.tmp": (now - 3600, True),  # its export still runs
+        f"{FILENAME}.{naming.execution_token(2, 'c3c3')}.tmp": (now, True),  # written a moment ago
+        FILENAME: (now - 3600, True),  # a delivered file
+        "notes.tmp": (now - 3600, True),  # not one of ours
+    }
+    for name, (mtime, _) in files.items():
+        write_local(zone.export_dir / name, b"{", mtime=mtime)
+    with zone.open() as dz:
+        removed = dz.remove_stale_tmps(now - 600, keep=lambda filename: filename == OTHER)
+    assert removed == 1
+    assert zone.exports() == sorted(name for name, (_, kept) in files.items() if kept)
 
 
 def test_without_atomic_write_the_same_guarantees_hold_on_the_final_name(zone: Zone):
