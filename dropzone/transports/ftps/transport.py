@@ -113,6 +113,9 @@ class FtpsTransport(Transport):
             if reply_code(exc) in (None, "421"):
                 self._broken = True  # the connection failed, not the request
             raise translate(exc, self.label, action) from exc
+        except errors.HostKeyError:
+            self._broken = True  # a data connection with another certificate: never trust this session again
+            raise
         # Anything else (ours, a cancellation raised by ``progress``, a failing source)
         # passes unchanged; a transfer it interrupts reads the server's answer first.
 
