@@ -255,6 +255,16 @@ def test_a_pinned_certificate_alone_is_enough(ftps_server: FtpsServerInfo) -> No
         assert transport.listdir(raw["export_path"]) == []  # the data channel is checked against the pin too
 
 
+def test_a_data_connection_with_another_certificate_is_refused(ftps_server: FtpsServerInfo) -> None:
+    raw = ftps_server.config(ca_bundle=None, server_fingerprint=ftps_server.fingerprint)
+    with open_transport(parse_connection_config(raw)) as transport:
+        transport._client.pin = "SHA256:" + "B" * 43  # as if another server answered the data connection
+        with pytest.raises(errors.HostKeyError, match="certificate on the data channel"):
+            transport.listdir(raw["export_path"])
+        with pytest.raises(errors.DropzoneUnavailableError, match="connection lost"):  # never trusted again
+            transport.stat(raw["export_path"])
+
+
 @pytest.mark.parametrize("wrong", ["untrusted CA", "other pin", "system CAs"])
 def test_a_wrong_certificate_is_refused_before_anything_is_sent(ftps_server: FtpsServerInfo, wrong: str) -> None:
     overrides: dict[str, Any] = {
