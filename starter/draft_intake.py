@@ -1,9 +1,11 @@
 """From a draft in whatever form a backend has it to the ``ExportRequest`` that starts its export.
 
-* Up to the inline limit (256 KiB by default): validated whole by
-  ``validate_draft`` and carried in the workflow input, as fast as before.
-* Larger, up to ``max_draft_bytes``: validated by streaming with the worker's own
-  pipeline (dropzone/draft_files.py), then uploaded to object storage from the
+Both go through the one draft pipeline the worker runs (dropzone/export_v1/pipeline.py):
+
+* Up to the inline limit (256 KiB by default): validated by ``validate_draft``
+  (its lines kept as models) and carried in the workflow input.
+* Larger, up to ``max_draft_bytes``: validated by streaming (dropzone/draft_files.py,
+  the sha256 alongside), then uploaded to object storage from the
   file (or the caller's bytes) in 1 MiB pieces, and carried as ``draft_ref``.
   The draft is never parsed into models nor held in several copies: a file is
   memory-mapped, a stream is spooled to a temporary file first.

@@ -1,9 +1,10 @@
-"""Large drafts (``draft_ref``): validated and rendered a batch of lines at a time.
+"""The one draft pipeline: every draft validated and rendered a batch of lines at a time.
 
 The batched path must be indistinguishable from ``validate_draft`` +
 ``render_export``: the same bytes for valid drafts, the same problems (same
-fields, same order, same words) for invalid ones, and through the activity
-with real SeaweedFS and PostgreSQL the same stored object.
+fields, same order, same words) for invalid ones, whether the draft is a dict
+or JSON bytes, small or large, and through the activity with real SeaweedFS
+and PostgreSQL (a ``draft_ref``) the same stored object.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from dropzone.connectors import default_registry
 from dropzone.contracts import DraftRef, OpenAttemptInput, RenderInput
 from dropzone.errors import InvalidDraftError
 from dropzone.export_v1 import render_export, stream_validated_export, validate_draft
-from tests.dropzone.test_export_v1 import drafts
+from dropzone.export_v1.pipeline import JITER_WORDS_UP_TO
+from tests.dropzone.test_export_v1 import drafts, example, with_lines
 from tests.helpers import make_draft
 
 Mutation = Callable[[dict[str, Any]], None]
@@ -138,6 +140,76 @@ def test_nothing_is_written_after_the_first_problem() -> None:
 def test_same_bytes_property(data: dict[str, Any], batch: int) -> None:
     raw = json.dumps(data, ensure_ascii=False).encode()
     assert streamed_outcome(raw, batch) == inline_outcome(raw)
+
+
+# ---------------------------------------------------------------- every form, every size
+
+
+def streamed(data: Any, batch_lines: int = 7) -> bytes:
+    pieces: list[bytes] = []
+    stream_validated_export(data, pieces.append, batch_lines=batch_lines)
+    return b"".join(pieces)
+
+
+def test_every_form_of_a_draft_goes_through_the_same_pipeline() -> None:
+    data = with_lines(250)
+    raw = json.dumps(data).encode()
+    expected = render_export(validate_draft(data))
+    for form in (raw, raw.decode(), bytearray(raw), memoryview(raw)):
+        assert render_export(validate_draft(form)) == expected
+        assert streamed(form) == expected
+    assert streamed(copy.deepcopy(data)) == expected  # the worker's inline draft: a dict
+    assert stream_validated_export(data).line_count == 250
+
+
+def _small(mutate: Any) -> bytes:
+    data = example()
+    mutate(data)
+    return json.dumps(data).encode()
+
+
+def _planted(old: bytes, new: bytes) -> Any:
+    return lambda: json.dumps(example(), ensure_ascii=False).encode().replace(old, new)
+
+
+@pytest.mark.parametrize(
+    ("make", "outcome"),
+    [
+        # jiter reads NaN and Infinity as numbers, msgspec refuses them: jiter decides.
+        (lambda: _small(lambda d: d.update(future=float("nan"))), "ok"),
+        (lambda: _small(lambda d: d["lines"][1].update(qty=float("inf"))), "invalid draft: lines[1].qty: must be a finite number"),
+        # msgspec skips over a span it does not decode; the place is the document's, in jiter's words.
+        (
+            _planted(b'"INT-1001"', b'"SKU-\xff"'),
+            "invalid draft: (document): invalid JSON: invalid unicode code point at line 1 column 697",
+        ),
+        (
+            lambda: _small(lambda d: d["lines"][1].update(description="@")).replace(b'"@"', b"[" * 250 + b"]" * 250),
+            "invalid draft: (document): invalid JSON: recursion limit exceeded at line 1 column 1005",
+        ),
+        (lambda: b"[" * 300 + b"]" * 300, "invalid draft: (document): invalid JSON: recursion limit exceeded at line 1 column 202"),
+    ],
+)
+def test_a_small_draft_is_read_as_jiter_reads_a_whole_document(make: Any, outcome: str) -> None:
+    raw = make()
+    assert len(raw) <= JITER_WORDS_UP_TO
+    for run in (lambda: render_export(validate_draft(raw)), lambda: streamed(raw)):
+        if outcome == "ok":
+            assert run() == render_export(validate_draft(json.loads(raw)))
+        else:
+            with pytest.raises(InvalidDraftError) as info:
+                run()
+            assert info.value.message == outcome
+
+
+def test_a_large_draft_that_is_not_json_is_named_by_its_byte() -> None:
+    raw = json.dumps(with_lines(9000)).encode()[:-100]
+    assert len(raw) > JITER_WORDS_UP_TO  # never decoded whole
+    expected = f"invalid draft: (document): invalid JSON: Input data was truncated at line 1 column {len(raw) + 1} (byte {len(raw)})"
+    for run in (lambda: validate_draft(raw), lambda: streamed(raw)):
+        with pytest.raises(InvalidDraftError) as info:
+            run()
+        assert info.value.message == expected
 
 
 # ---------------------------------------------------------------- through the activity

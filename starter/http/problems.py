@@ -122,7 +122,7 @@ def from_dropzone_error(exc: errors.DropzoneError, *, within: str = "") -> Probl
 def draft_problems(exc: errors.InvalidDraftError) -> list[tuple[str, str]]:
     """(field, reason) per field named by the draft validator, read back from its message.
 
-    The message is ``invalid draft: path: reason; path: reason`` (dropzone/export_v1.py),
+    The message is ``invalid draft: path: reason; path: reason`` (dropzone/export_v1/problems.py),
     the very line the CLI prints, so both doors word every problem alike.
     """
     text = exc.message.removeprefix("invalid draft: ")

@@ -20,10 +20,8 @@ from dropzone.export_v1 import (
     DraftOrder,
     iter_render_export,
     render_export,
-    stream_validated_export,
     validate_draft,
 )
-from dropzone.export_v1.pipeline import JITER_WORDS_UP_TO
 
 # The example draft and its export file, byte for byte: the format's reference.
 GOLDEN = Path(__file__).resolve().parent / "golden"
@@ -246,76 +244,6 @@ def test_streaming_equals_whole_property(data: dict[str, Any], chunk: int) -> No
         line["description"] for line in data["lines"]
     ]
     assert parsed["customer"]["name"] == data["customer"]["name"]
-
-
-# ---------------------------------------------------------------- one pipeline
-
-
-def streamed(data: Any, batch_lines: int = 7) -> bytes:
-    pieces: list[bytes] = []
-    stream_validated_export(data, pieces.append, batch_lines=batch_lines)
-    return b"".join(pieces)
-
-
-def test_every_form_of_a_draft_goes_through_the_same_pipeline() -> None:
-    data = with_lines(250)
-    raw = json.dumps(data).encode()
-    expected = render_export(validate_draft(data))
-    for form in (raw, raw.decode(), bytearray(raw), memoryview(raw)):
-        assert render_export(validate_draft(form)) == expected
-        assert streamed(form) == expected
-    assert streamed(copy.deepcopy(data)) == expected  # the worker's inline draft: a dict
-    assert stream_validated_export(data).line_count == 250
-
-
-def _small(mutate: Any) -> bytes:
-    data = example()
-    mutate(data)
-    return json.dumps(data).encode()
-
-
-def _planted(old: bytes, new: bytes) -> Any:
-    return lambda: json.dumps(example(), ensure_ascii=False).encode().replace(old, new)
-
-
-@pytest.mark.parametrize(
-    ("make", "outcome"),
-    [
-        # jiter reads NaN and Infinity as numbers, msgspec refuses them: jiter decides.
-        (lambda: _small(lambda d: d.update(future=float("nan"))), "ok"),
-        (lambda: _small(lambda d: d["lines"][1].update(qty=float("inf"))), "invalid draft: lines[1].qty: must be a finite number"),
-        # msgspec skips over a span it does not decode; the place is the document's, in jiter's words.
-        (
-            _planted(b'"INT-1001"', b'"SKU-\xff"'),
-            "invalid draft: (document): invalid JSON: invalid unicode code point at line 1 column 697",
-        ),
-        (
-            lambda: _small(lambda d: d["lines"][1].update(description="@")).replace(b'"@"', b"[" * 250 + b"]" * 250),
-            "invalid draft: (document): invalid JSON: recursion limit exceeded at line 1 column 1005",
-        ),
-        (lambda: b"[" * 300 + b"]" * 300, "invalid draft: (document): invalid JSON: recursion limit exceeded at line 1 column 202"),
-    ],
-)
-def test_a_small_draft_is_read_as_jiter_reads_a_whole_document(make: Any, outcome: str) -> None:
-    raw = make()
-    assert len(raw) <= JITER_WORDS_UP_TO
-    for run in (lambda: render_export(validate_draft(raw)), lambda: streamed(raw)):
-        if outcome == "ok":
-            assert run() == render_export(validate_draft(json.loads(raw)))
-        else:
-            with pytest.raises(InvalidDraftError) as info:
-                run()
-            assert info.value.message == outcome
-
-
-def test_a_large_draft_that_is_not_json_is_named_by_its_byte() -> None:
-    raw = json.dumps(with_lines(9000)).encode()[:-100]
-    assert len(raw) > JITER_WORDS_UP_TO  # never decoded whole
-    expected = f"invalid draft: (document): invalid JSON: Input data was truncated at line 1 column {len(raw) + 1} (byte {len(raw)})"
-    for run in (lambda: validate_draft(raw), lambda: streamed(raw)):
-        with pytest.raises(InvalidDraftError) as info:
-            run()
-        assert info.value.message == expected
 
 
 # ---------------------------------------------------------------- validation
