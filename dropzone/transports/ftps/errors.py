@@ -1,4 +1,4 @@
-"""What an FTPS server error means: ONE table per kind of failure and ONE ``translate``.
+"""What an FTPS server error means: ONE table (``ERRORS``) and ONE ``translate``.
 
 Every ftplib, ssl and socket exception any FTPS primitive meets goes through
 ``translate`` and comes out as a ``dropzone.errors`` class, whose ``retryable``
@@ -28,56 +28,53 @@ import ssl
 
 from dropzone import errors
 
-__all__ = ["REPLY_CODES", "EXCEPTIONS", "reply_code", "translate"]
+__all__ = ["ERRORS", "reply_code", "translate"]
 
 _DENIED = re.compile(r"denied|permission|not allowed|forbidden|access", re.IGNORECASE)
 _MISSING = re.compile(r"no such|not found|does not exist|doesn't exist|can'?not find|can't find", re.IGNORECASE)
 _TLS_REQUIRED = re.compile(r"\b(SSL|TLS)\b|encrypt", re.IGNORECASE)
+_REPLY = (ftplib.error_temp, ftplib.error_perm)  # a 4xx / 5xx reply
+_Exc = type[BaseException] | tuple[type[BaseException], ...]
 
-# (reply code or its first digit, text that must also match or None, error class, meaning).
-# First match wins: the exact codes before the classes ("4", "5").
-REPLY_CODES: tuple[tuple[str, re.Pattern[str] | None, type[errors.DropzoneError], str], ...] = (
-    ("421", None, errors.DropzoneUnavailableError, "the server is closing the connection"),
-    ("425", None, errors.DropzoneUnavailableError, "the server cannot open the data connection"),
-    ("426", None, errors.DropzoneUnavailableError, "the transfer was aborted"),
-    ("430", None, errors.AuthenticationError, "login refused (user name or password)"),
-    ("431", None, errors.DropzoneUnavailableError, "the server has no TLS resources left"),
-    ("450", None, errors.DropzoneUnavailableError, "the file is busy"),
-    ("451", None, errors.DropzoneUnavailableError, "the server had a local error"),
-    ("452", None, errors.DropzoneUnavailableError, "the server is out of storage space"),
-    ("500", None, errors.InvalidConfigError, "the server does not know this command"),
-    ("502", None, errors.InvalidConfigError, "the server does not implement this command"),
-    ("504", None, errors.InvalidConfigError, "the server does not implement this parameter"),
-    ("522", None, errors.InvalidConfigError, "the server refused the data channel protection"),
-    ("5", _TLS_REQUIRED, errors.InvalidConfigError, "the server requires TLS (allow_insecure_plaintext must go)"),
-    ("530", None, errors.AuthenticationError, "login refused"),
-    ("532", None, errors.AuthenticationError, "the server wants an account for this"),
-    ("533", None, errors.InvalidConfigError, "the server refused the TLS policy"),
-    ("534", None, errors.InvalidConfigError, "the server refused TLS for policy reasons"),
-    ("550", _DENIED, errors.PermissionDeniedError, "permission denied"),
-    ("550", None, errors.MissingDirectoryError, "no such file or directory"),
-    ("552", None, errors.DropzoneUnavailableError, "the server's storage allocation is exceeded"),
-    ("553", None, errors.PermissionDeniedError, "the file name is not allowed"),
-    ("5", _MISSING, errors.MissingDirectoryError, "no such file or directory"),  # pyftpdlib's MLSD: 501
-    ("4", None, errors.DropzoneUnavailableError, "the server failed for now"),
-    ("5", None, errors.PermissionDeniedError, "the server refused"),
+# THE table: (exception, reply code or its first digit, text that must also match, error, meaning).
+# First match wins: exact codes before classes ("4", "5"), specific exceptions before their bases.
+ERRORS: tuple[tuple[_Exc, str | None, re.Pattern[str] | None, type[errors.DropzoneError], str], ...] = (
+    (_REPLY, "421", None, errors.DropzoneUnavailableError, "the server is closing the connection"),
+    (_REPLY, "425", None, errors.DropzoneUnavailableError, "the server cannot open the data connection"),
+    (_REPLY, "426", None, errors.DropzoneUnavailableError, "the transfer was aborted"),
+    (_REPLY, "430", None, errors.AuthenticationError, "login refused (user name or password)"),
+    (_REPLY, "431", None, errors.DropzoneUnavailableError, "the server has no TLS resources left"),
+    (_REPLY, "450", None, errors.DropzoneUnavailableError, "the file is busy"),
+    (_REPLY, "451", None, errors.DropzoneUnavailableError, "the server had a local error"),
+    (_REPLY, "452", None, errors.DropzoneUnavailableError, "the server is out of storage space"),
+    (_REPLY, "500", None, errors.InvalidConfigError, "the server does not know this command"),
+    (_REPLY, "502", None, errors.InvalidConfigError, "the server does not implement this command"),
+    (_REPLY, "504", None, errors.InvalidConfigError, "the server does not implement this parameter"),
+    (_REPLY, "522", None, errors.InvalidConfigError, "the server refused the data channel protection"),
+    (_REPLY, "5", _TLS_REQUIRED, errors.InvalidConfigError, "the server requires TLS (allow_insecure_plaintext must go)"),
+    (_REPLY, "530", None, errors.AuthenticationError, "login refused"),
+    (_REPLY, "532", None, errors.AuthenticationError, "the server wants an account for this"),
+    (_REPLY, "533", None, errors.InvalidConfigError, "the server refused the TLS policy"),
+    (_REPLY, "534", None, errors.InvalidConfigError, "the server refused TLS for policy reasons"),
+    (_REPLY, "550", _DENIED, errors.PermissionDeniedError, "permission denied"),
+    (_REPLY, "550", None, errors.MissingDirectoryError, "no such file or directory"),
+    (_REPLY, "552", None, errors.DropzoneUnavailableError, "the server's storage allocation is exceeded"),
+    (_REPLY, "553", None, errors.PermissionDeniedError, "the file name is not allowed"),
+    (_REPLY, "5", _MISSING, errors.MissingDirectoryError, "no such file or directory"),  # pyftpdlib's MLSD: 501
+    (_REPLY, "4", None, errors.DropzoneUnavailableError, "the server failed for now"),
+    (_REPLY, "5", None, errors.PermissionDeniedError, "the server refused"),
+    (ssl.SSLCertVerificationError, None, None, errors.HostKeyError, "server certificate not trusted"),
+    (TimeoutError, None, None, errors.DropzoneUnavailableError, "timed out"),  # socket.timeout too
+    (ConnectionRefusedError, None, None, errors.DropzoneUnavailableError, "connection refused"),
+    (socket.gaierror, None, None, errors.DropzoneUnavailableError, "cannot resolve host name"),
+    ((ssl.SSLEOFError, ssl.SSLZeroReturnError), None, None, errors.DropzoneUnavailableError, "connection lost"),
+    (ssl.SSLError, None, None, errors.DropzoneUnavailableError, "TLS failed"),
+    ((EOFError, ConnectionError), None, None, errors.DropzoneUnavailableError, "connection lost"),
+    ((ftplib.error_proto, ftplib.error_reply), None, None, errors.DropzoneUnavailableError, "unexpected reply"),
+    (OSError, None, None, errors.DropzoneUnavailableError, "network error"),
 )
 # Replies whose text is not quoted (a login reply might echo what was sent).
 _QUIET_CODES = frozenset({"430", "530", "532"})
-
-# Library exceptions that are not a reply, most specific class first (first match wins).
-EXCEPTIONS: tuple[tuple[type[BaseException], type[errors.DropzoneError], str], ...] = (
-    (ssl.SSLCertVerificationError, errors.HostKeyError, "server certificate not trusted"),
-    (TimeoutError, errors.DropzoneUnavailableError, "timed out"),  # socket.timeout is TimeoutError
-    (ConnectionRefusedError, errors.DropzoneUnavailableError, "connection refused"),
-    (socket.gaierror, errors.DropzoneUnavailableError, "cannot resolve host name"),
-    (ssl.SSLError, errors.DropzoneUnavailableError, "TLS failed"),
-    (EOFError, errors.DropzoneUnavailableError, "connection lost"),
-    (ConnectionError, errors.DropzoneUnavailableError, "connection lost"),
-    (ftplib.error_proto, errors.DropzoneUnavailableError, "unexpected reply"),
-    (ftplib.error_reply, errors.DropzoneUnavailableError, "unexpected reply"),
-    (OSError, errors.DropzoneUnavailableError, "network error"),
-)
 
 
 def reply_code(exc: BaseException) -> str | None:
@@ -97,16 +94,17 @@ def translate(exc: BaseException, label: str, action: str) -> errors.DropzoneErr
     if isinstance(exc, errors.DropzoneError):
         return exc
     code = reply_code(exc)
-    if code is not None:
-        text = str(exc)[3:].lstrip(" -")
-        for pattern, needs, cls, meaning in REPLY_CODES:
-            if code.startswith(pattern) and (needs is None or needs.search(text)):
-                said = "" if code in _QUIET_CODES or not text else f": {_clean(text)}"
-                return cls(f"{label}: cannot {action}: {meaning} ({code}{said})")
-    for exc_type, cls, meaning in EXCEPTIONS:
-        if isinstance(exc, exc_type):
-            detail = _detail(exc)
-            return cls(f"{label}: {meaning} during {action}{': ' + detail if detail else ''}")
+    text = str(exc)[3:].lstrip(" -") if code is not None else ""
+    for exc_types, prefix, needs, cls, meaning in ERRORS:
+        if not isinstance(exc, exc_types) or (prefix is not None and not (code or "").startswith(prefix)):
+            continue
+        if needs is not None and not needs.search(text):
+            continue
+        if code is not None:
+            said = "" if code in _QUIET_CODES or not text else f": {_clean(text)}"
+            return cls(f"{label}: cannot {action}: {meaning} ({code}{said})")
+        detail = _detail(exc)
+        return cls(f"{label}: {meaning} during {action}{': ' + detail if detail else ''}")
     return errors.DropzoneUnavailableError(f"{label}: {action} failed: {type(exc).__name__}")
 
 
