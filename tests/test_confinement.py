@@ -10,7 +10,6 @@ allowed folders, and a decoy file outside them must be untouched.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import posixpath
 import tempfile
@@ -29,6 +28,7 @@ from dropzone.connection_config import parse_connection_config
 from dropzone.errors import DropzoneError
 from dropzone.connectors import open_dropzone
 from dropzone.delivery import Dropzone
+from tests.helpers import sha256_of
 
 HOSTILE = [
     "..", ".", "", "/", "../x.json", "../outside/decoy", "../../../x.json", "{SANDBOX}/x.json",
@@ -190,7 +190,7 @@ def test_deliver_writes_only_into_export_path(filename, token):
         assume(filename is not None)
         with suppress(DropzoneError, ValueError):
             result = dropzone(t).deliver(
-                filename, [body], size=len(body), sha256=hashlib.sha256(body).hexdigest(), token=token
+                filename, [body], size=len(body), sha256=sha256_of(body), token=token
             )
             assert Path(result.path).parent == t.export and Path(result.path).read_bytes() == body
         t.assert_confined()

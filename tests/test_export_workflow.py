@@ -4,7 +4,6 @@ and a real dropzone (filesystem, OpenSSH sftp, asyncssh sftp)."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -20,6 +19,7 @@ from tests.helpers import (
     error_body,
     eventually,
     make_draft,
+    sha256_of,
     wait_for_state,
     write_ack_atomically,
 )
@@ -47,7 +47,7 @@ async def test_full_run_delivers_stores_and_acks(client: Client, run_worker, tar
 
         row = ledger.get_export(state.export_id)
         assert row.status == "SENT" and row.sent_at is not None
-        assert row.sha256 == hashlib.sha256(expected).hexdigest() and row.size_bytes == len(expected)
+        assert row.sha256 == sha256_of(expected) and row.size_bytes == len(expected)
         head = object_store.head(row.export_storage_key)
         assert head is not None and head.sha256 == row.sha256 and head.size == len(expected)
         assert row.export_storage_key == f"exports/{target.org_id}/{state.filename}"

@@ -27,7 +27,7 @@ from dropzone.errors import InvalidDraftError
 from dropzone.export_v1 import stream_validated_export
 from starter.api import start_export
 from starter.erp_sim import FilesystemErpSimulator
-from tests.helpers import make_draft, wait_for_state
+from tests.helpers import make_draft, sha256_of, wait_for_state
 from tests.test_large_draft import inline_outcome, streamed_outcome
 from workflows.policies import workflow_id_for
 
@@ -107,7 +107,7 @@ async def test_cli_exports_a_large_draft_by_reference_in_bounded_memory(  # type
     record = ledger.latest_export(uuid.UUID(large.draft_order_id))
     assert record is not None and record.status.value == "ACKED"
     assert record.sha256 == rendered_sha256(large.path)  # the very bytes the worker would render inline
-    assert hashlib.sha256((fs_target.export_dir / record.filename).read_bytes()).hexdigest() == record.sha256
+    assert sha256_of(fs_target.export_dir / record.filename) == record.sha256
     # The draft went by reference, stored once, byte for byte.
     keys = draft_objects(seaweedfs, large.org_id)
     large_keys = [k for k in keys if f"/{large.draft_order_id}/" in k]

@@ -10,7 +10,6 @@ and PostgreSQL (a ``draft_ref``) the same stored object.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import uuid
 from collections.abc import Callable
@@ -28,7 +27,7 @@ from dropzone.errors import InvalidDraftError
 from dropzone.export_v1 import render_export, stream_validated_export, validate_draft
 from dropzone.export_v1.pipeline import JITER_WORDS_UP_TO
 from tests.dropzone.test_export_v1 import drafts, example, with_lines
-from tests.helpers import make_draft
+from tests.helpers import make_draft, sha256_of
 
 Mutation = Callable[[dict[str, Any]], None]
 
@@ -235,7 +234,7 @@ def _open(acts: ExportActivities, target, draft: dict[str, Any]):  # type: ignor
 def _store_draft(object_store, draft: dict[str, Any]) -> tuple[str, bytes]:  # type: ignore[no-untyped-def]
     raw = json.dumps(draft, separators=(",", ":")).encode()
     key = f"drafts/{draft['org_id']}/{draft['draft_order_id']}/draft.json"
-    object_store.put(key, raw, sha256=hashlib.sha256(raw).hexdigest(), size=len(raw))
+    object_store.put(key, raw, sha256=sha256_of(raw), size=len(raw))
     return key, raw
 
 
@@ -252,7 +251,7 @@ def test_draft_ref_export_stores_the_same_bytes(fs_target, ledger, object_store)
 
     attempt = _open(acts, fs_target, draft)
     stored = acts.render_and_store(RenderInput(export_id=attempt.export_id, draft_ref=key))
-    assert stored.size_bytes == len(expected) and stored.sha256 == hashlib.sha256(expected).hexdigest()
+    assert stored.size_bytes == len(expected) and stored.sha256 == sha256_of(expected)
     assert b"".join(object_store.iter_chunks(stored.storage_key)) == expected
     row = ledger.get_export(attempt.export_id)
     assert (row.sha256, row.size_bytes) == (stored.sha256, stored.size_bytes)

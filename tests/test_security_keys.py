@@ -5,7 +5,6 @@ onto another row is refused."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 import sys
@@ -28,7 +27,7 @@ from dropzone.ledger import Ledger, migrate
 from dropzone.settings import Settings
 from starter.api import export_handle, start_export
 from starter.cli.common import app
-from tests.helpers import make_draft, wait_for_state
+from tests.helpers import make_draft, sha256_of, wait_for_state
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -228,7 +227,7 @@ def test_ambient_s3_credentials_only_when_chosen(seaweedfs, migrated_db_url, mon
         assert chosen.store._client._request_signer._credentials.method == "env"
         assert explicit.store._client._request_signer._credentials.method == "explicit"
         key = f"exports/{uuid.uuid4()}/ambient.json"
-        chosen.store.put(key, b"{}", sha256=hashlib.sha256(b"{}").hexdigest(), size=2)
+        chosen.store.put(key, b"{}", sha256=sha256_of(b"{}"), size=2)
         assert explicit.store.head(key).size == 2
     finally:
         chosen.close()

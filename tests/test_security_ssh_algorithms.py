@@ -8,7 +8,6 @@ sent) until the connection's ``legacy_algorithms`` names that algorithm.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from dropzone.ssh_algorithms import CURRENT, LEGACY, UNAVAILABLE
 from dropzone.delivery import Dropzone
 from dropzone.transports.sftp import SftpTransport, _paramiko, fetch_host_key
 from tests.fixtures.sshd import dedicated_openssh_server
+from tests.helpers import sha256_of
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 WEAK = {
@@ -94,7 +94,7 @@ def test_a_legacy_only_server_is_refused_unless_the_connection_allows_it(
             assert legacy in (transport.local_cipher, transport.local_mac)
             assert legacy in (transport.remote_cipher, transport.remote_mac)
             result = dz.deliver(
-                "sales_order_legacy.json", [body], size=len(body), sha256=hashlib.sha256(body).hexdigest(),
+                "sales_order_legacy.json", [body], size=len(body), sha256=sha256_of(body),
                 token="t1",
             )
         assert server.local_path(result.path).read_bytes() == body

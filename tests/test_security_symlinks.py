@@ -12,7 +12,6 @@ a reason. Real ledger (PostgreSQL), real directory, real OpenSSH sshd.
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import json
 import os
 import pwd
@@ -34,7 +33,7 @@ from dropzone.connectors import open_dropzone
 from tests.conftest import Target, make_target
 from tests.test_corpus_acks import open_export, poll
 from tests.fixtures.sftp_common import SFTP_USER
-from tests.helpers import ack_body, error_body
+from tests.helpers import ack_body, error_body, sha256_of
 
 LONG_AGO = 3600.0  # settled, and past any sweep grace
 SENTINEL = "SENTINEL-OUTSIDE-7f3a"
@@ -231,7 +230,7 @@ def test_delivery_never_writes_through_a_planted_link(ledger, target, secret):
     (target.export_dir / naming.tmp_name(filename, token)).symlink_to(secret_path)
     with open_dropzone(parse_connection_config(target.config)) as dz:
         with pytest.raises(UnsafePathError, match="symbolic link"):
-            dz.deliver(filename, [body], size=len(body), sha256=hashlib.sha256(body).hexdigest(), token=token)
+            dz.deliver(filename, [body], size=len(body), sha256=sha256_of(body), token=token)
     assert watch.events() == 0, "the link's target was opened"
     assert secret_path.read_bytes() == secret_body
     watch.events()  # our own read
@@ -242,7 +241,7 @@ def test_delivery_never_writes_through_a_planted_link(ledger, target, secret):
     (target.export_dir / filename).symlink_to(secret_path)
     with open_dropzone(parse_connection_config(target.config)) as dz:
         with pytest.raises(UnsafePathError, match="symbolic link"):
-            dz.deliver(filename, [body], size=len(body), sha256=hashlib.sha256(body).hexdigest(), token="r1xabc")
+            dz.deliver(filename, [body], size=len(body), sha256=sha256_of(body), token="r1xabc")
     assert watch.events() == 0, "the link's target was opened"
     assert (target.export_dir / filename).is_symlink()
 

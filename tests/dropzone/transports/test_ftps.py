@@ -10,7 +10,6 @@ a server crash mid-upload, and plain FTP only when the config says so.
 from __future__ import annotations
 
 import ftplib
-import hashlib
 import os
 import socket
 import ssl
@@ -28,6 +27,7 @@ from dropzone.delivery import Dropzone
 from dropzone.transports.ftps import FtpsTransport, translate
 from dropzone.transports.ftps.transport import _parse_mlst, _stat_result
 from tests.fixtures.ftps import FtpsServerInfo
+from tests.helpers import sha256_of
 
 MiB = 1024 * 1024
 NAME = "sales_order_2a2b3c4d-0000-4000-8000-000000000001_20260101T000000Z_ab12cd34.json"
@@ -39,7 +39,7 @@ def open_ftps(raw: dict[str, Any]) -> Dropzone:
 
 def body_of(size: int) -> tuple[bytes, str]:
     body = os.urandom(size)
-    return body, hashlib.sha256(body).hexdigest()
+    return body, sha256_of(body)
 
 
 def chunks(body: bytes, size: int = MiB) -> Iterator[bytes]:
@@ -175,7 +175,7 @@ def test_a_server_crash_mid_upload_is_retried_into_one_intact_file(ftps_server: 
         result = dz.deliver(NAME, chunks(body), size=len(body), sha256=sha, token=token(2), attempt=2)
     assert not result.already_present
     assert [p.name for p in export_dir.iterdir()] == [NAME]  # the first attempt's .tmp is gone too
-    assert hashlib.sha256((export_dir / NAME).read_bytes()).hexdigest() == sha
+    assert sha256_of(export_dir / NAME) == sha
 
 
 def test_a_hung_server_fails_within_the_operation_timeout(ftps_server: FtpsServerInfo) -> None:
