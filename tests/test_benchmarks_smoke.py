@@ -18,6 +18,7 @@ EXPECTED_ROWS = [
     "Render a 20,000-line draft (batched path)",
     "S3 PUT 20 MB (ObjectStore.put) vs raw HTTP PUT",
     "SFTP deliver 2 MB (paramiko) vs OpenSSH `sftp put`",
+    "FTPS deliver 2 MB (ftplib + checks) vs plain ftplib `storbinary`",
     "20,000-line draft_ref export: worker peak RSS growth",
     "Burst of 10 exports (500-line drafts), 1 worker",
     "One export alone: p50 latency, start → result",
