@@ -1,4 +1,4 @@
-"""What waiting for acks costs: N exports SENT and waiting, nobody answering (issue 14).
+"""What waiting for acks costs: N exports SENT and waiting, nobody answering.
 
 One real worker process, a filesystem dropzone with an ack path, poll interval
 5 s. Same run, two ways of waiting:
@@ -47,7 +47,7 @@ READY_TIMEOUT_PER_EXPORT = 0.5  # seconds of setup allowed per waiting export (r
 LATENCY_SAMPLES = 3
 COUNTS_ENV = "BENCH_WAITING_COUNTS"
 PATH_ENV = "BENCH_WAITING_PATH"  # "poll" (baseline) or "listener"
-# Today's figures (issue 14, measured with the per-export poll on this machine): waiting → ms/s.
+# Figures measured before the ack listener (the per-export poll, on this machine): waiting → ms/s.
 BEFORE = {200: 776.0, 800: 1609.0}
 
 

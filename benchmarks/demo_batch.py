@@ -4,7 +4,7 @@ The batch time is the one the demo prints ("20/20 exports ACKED in X s"): it
 starts once the stack is up and the worker polls, and covers starting 20
 workflows, rendering, storing, delivering, the ERP simulator's answers, the
 rejected order's retry and every ack being processed.  Each run uses a fresh
-data directory and free ports.  Target (issue): <= 30 s on 2 cores.
+data directory and free ports.  Target: <= 30 s on 2 cores.
 
     python benchmarks/demo_batch.py              # 3 runs of 20 exports
     python benchmarks/demo_batch.py --count 50 --runs 1

@@ -3,7 +3,7 @@
 Each run uses a fresh data directory and free ports, so every server starts
 from nothing (initdb, Temporal's SQLite schema, SeaweedFS volumes).  Also
 measured: a warm start on the same directory, and how long Ctrl-C takes to
-stop everything.  Target (issue): median cold start <= 15 s on 2 cores.
+stop everything.  Target: median cold start <= 15 s on 2 cores.
 
     python benchmarks/devstack_cold_start.py            # 5 runs
     python benchmarks/devstack_cold_start.py --runs 9

@@ -1,4 +1,4 @@
-"""Long waits (issue 5, item 8) on the time-skipping server: days pass in seconds.
+"""Long waits on the time-skipping server: days pass in seconds.
 
 A run that waits 30 days for an ack keeps its history small (it waits on a
 timer; its connection's ack listener looks into ack_path, and continues as new

@@ -1,6 +1,6 @@
 """Two executions racing on one delivery never corrupt or duplicate the final file.
 
-Issue 5, item 3. The deliver activity's start-to-close timeout is cut to a few
+The deliver activity's start-to-close timeout is cut to a few
 seconds and the first execution of every delivery is slowed, so Temporal times
 it out and starts attempt 2 while attempt 1 is still writing its ``.tmp`` (a
 worker that stalled but never died). Everything else is real: the Temporal dev

@@ -1,4 +1,4 @@
-"""Issue 11 item 1: one organisation's ERP can never answer another organisation's export.
+"""Security review, item 1: one organisation's ERP can never answer another organisation's export.
 
 Org B's ERP (by mistake or on purpose) writes ``ack_``/``error_`` files named
 after org A's exports into B's own ``ack_path``. The sweep that runs inside

@@ -1,4 +1,4 @@
-"""Issue 11 item 5: text the ERP writes reaches operators' terminals only as plain text.
+"""Security review, item 5: text the ERP writes reaches operators' terminals only as plain text.
 
 An ERP's ``error_`` file whose code and message carry terminal escape
 sequences (colour, clear screen, window title, a one-byte C1 CSI), a bidi

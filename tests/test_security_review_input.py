@@ -1,4 +1,4 @@
-"""Issue 11 item 10: input that used to be accepted and must not be.
+"""Security review, item 10: input that used to be accepted and must not be.
 
 * ``org_slug`` is a slug: lower-case letters, digits and hyphens (``../../x``
   is refused, naming the field; the bad-draft corpus has it too:

@@ -1,4 +1,4 @@
-"""Issue 11 item 4: errors that are not ours never reach Temporal (or the log) with their text.
+"""Security review, item 4: errors that are not ours never reach Temporal (or the log) with their text.
 
 PostgreSQL is made to refuse one value the ERP wrote: a trigger on this test's
 connection's rows raises an error that quotes the new ``erp_order_id`` (as

@@ -1,6 +1,6 @@
 """Two worker processes on one task queue; one is stopped with SIGTERM mid-run.
 
-Issue 5, item 6. Two real ``python -m worker`` processes (what ``dropzone
+Two real ``python -m worker`` processes (what ``dropzone
 worker`` / ``dropzone-worker`` run) share one task queue and a burst of
 exports to one OpenSSH dropzone, answered by an ERP stand-in (AckResponder)
 while an eager reader (PartialReadObserver) reads every final name.

@@ -1,7 +1,7 @@
 """How big the chaos suite runs.
 
 CI runs the reduced sizes on every change (README test command); the full
-suite (issue 5: ≥ 50 exports killed at every side effect, 200 exports on two
+suite (≥ 50 exports killed at every side effect, 200 exports on two
 workers) runs with ``DROPZONE_CHAOS_FULL=1 pytest -m chaos``.
 """
 
