@@ -14,6 +14,7 @@ from dropzone.connection_config import config_to_storable, parse_connection_conf
 from dropzone.connectors import DROPZONE_JSON_V1
 from dropzone.ledger import Ledger
 from dropzone.object_store import ObjectStore
+from dropzone.transports.sftp import SftpConnectionPool
 
 pytest_plugins = [
     "tests.fixtures.postgres",
@@ -35,6 +36,13 @@ def object_store(seaweedfs) -> Iterator[ObjectStore]:  # type: ignore[no-untyped
     )
     store.ensure_bucket()
     yield store
+
+
+@pytest.fixture
+def sftp_pool() -> Iterator[SftpConnectionPool]:
+    """An SFTP connection pool of the test's own, closed at its end."""
+    with SftpConnectionPool() as pool:
+        yield pool
 
 
 @dataclass

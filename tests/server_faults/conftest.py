@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 import activities.exports as export_activities
-from dropzone.transports.sftp import SftpConnectionPool
 
 
 @pytest.fixture
@@ -16,9 +13,3 @@ def fast_heartbeats(monkeypatch: pytest.MonkeyPatch) -> None:
     # timeout itself: heartbeat early so that only a real stall times out.
     monkeypatch.setattr(export_activities, "FIRST_HEARTBEAT_AFTER_SECONDS", 0.5)
     monkeypatch.setattr(export_activities, "HEARTBEAT_EVERY_SECONDS", 0.5)
-
-
-@pytest.fixture
-def sftp_pool() -> Iterator[SftpConnectionPool]:
-    with SftpConnectionPool() as pool:
-        yield pool

@@ -1,12 +1,8 @@
-"""Shared fixtures for the transport tests (the servers are fixtures of tests/fixtures/, loaded by tests/conftest.py)."""
+"""Shared fixtures for the transport tests (servers and `sftp_pool` come from tests/conftest.py and tests/fixtures/)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
-
-from dropzone.transports.sftp import SftpConnectionPool
 
 
 @pytest.fixture(params=["openssh", "asyncssh"])
@@ -14,12 +10,3 @@ def sftp_server(request: pytest.FixtureRequest):
     """Each SFTP test runs against OpenSSH and against asyncssh."""
     name = "openssh_server" if request.param == "openssh" else "asyncssh_sftp_server"
     return request.getfixturevalue(name)
-
-
-@pytest.fixture
-def sftp_pool() -> Iterator[SftpConnectionPool]:
-    pool = SftpConnectionPool()
-    try:
-        yield pool
-    finally:
-        pool.close()

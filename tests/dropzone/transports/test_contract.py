@@ -366,6 +366,26 @@ def test_probe_reports_a_missing_ack_path(zone: Zone):
     assert zone.exports() == []
 
 
+# ----- the label -----
+
+SCHEME = {"filesystem": "file://", "openssh": "sftp://", "asyncssh": "sftp://", "ftps": "ftps://"}
+
+
+def test_one_label_names_the_connection_in_every_message_and_never_its_password(zone: Zone):
+    data = b'{"a": 1}'
+    with zone.open() as dz:
+        deliver(dz, data)
+        with pytest.raises(errors.DeliveryConflictError) as conflict:
+            deliver(dz, b'{"a": 2}', token="tok2")
+        with pytest.raises(errors.IntegrityError) as integrity:
+            dz.deliver(OTHER, [data], size=len(data), sha256=sha256_of(b"other"), token="t")
+        label = dz.label
+    assert label == parse_connection_config(zone.config).label and label.startswith(SCHEME[zone.kind])
+    assert all(str(e.value).startswith(f"{label}: ") for e in (conflict, integrity)), (conflict.value, integrity.value)
+    if "password" in zone.config:
+        assert zone.config["password"] not in label + str(conflict.value) + str(integrity.value)
+
+
 # ----- confinement -----
 
 HOSTILE_NAMES = ["../secret.json", "/etc/passwd", ".hidden", "a/b.json", "x\x00y", "x\ny", "", "..", "a..b", "é.json"]
