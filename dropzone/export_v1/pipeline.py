@@ -141,7 +141,7 @@ class _Source:
                 item = _ANY.decode(item)
             except msgspec.DecodeError:
                 return None
-        return item.get("line_no") if isinstance(item, dict) else None
+        return item.get("line_no") if isinstance(item, dict) else getattr(item, "line_no", None)
 
 
 def _split(data: Buffer) -> _Source:
@@ -225,6 +225,8 @@ def _ordered_problems(envelope: Problems, lines_value: Problems, lines: Problems
 
 
 class _Writer:
+    """The caller's ``write``, remembering whether anything went out."""
+
     def __init__(self, write: Callable[[bytes], object] | None) -> None:
         self.write = write
         self.used = False
