@@ -188,7 +188,9 @@ def build_worker(
     listener = AckListenerActivities(
         adapters.ledger, adapters.connectors, client, acks, stale_tmp_age=policies.deliver_timeout
     )
-    webhooks = WebhookActivities(adapters.ledger, request_timeout=policies.webhook_request_timeout)
+    webhooks = WebhookActivities(
+        adapters.ledger, request_timeout=policies.webhook_request_timeout, max_in_flight=policies.webhook_max_in_flight
+    )
     telemetry = TelemetryInterceptor(ExportOwners.from_ledger(adapters.ledger))
     return serve_task_queue(
         client,
@@ -202,6 +204,7 @@ def build_worker(
             acks.poll_ack,
             listener.ensure_ack_listener,
             listener.scan_ack_path,
+            webhooks.send_webhook_at_close,  # a local activity of closing runs
         ],
         webhook_activities=[webhooks.send_webhook, webhooks.give_up_webhook],
         executor=executor,

@@ -23,8 +23,10 @@ Messages name the URL without its query or user info (they may hold tokens).
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 from uuid import UUID
@@ -57,6 +59,10 @@ def _undelivered(message: str) -> TransientError:
     return TransientError(message, code=WEBHOOK_UNDELIVERED)
 
 
+def _not_delivered(delivery: WebhookDelivery, *, tries: int) -> WebhookDeliveryOutcome:
+    return WebhookDeliveryOutcome(event_id=delivery.event.event_id, status="PENDING", delivery_attempts=tries)
+
+
 class WebhookActivities:
     def __init__(
         self,
@@ -64,8 +70,14 @@ class WebhookActivities:
         client: httpx.Client | None = None,
         *,
         request_timeout: timedelta = policies.DEFAULT_POLICIES.webhook_request_timeout,
+        max_in_flight: int = policies.DEFAULT_POLICIES.webhook_max_in_flight,
+        local_timeout: timedelta = policies.DEFAULT_POLICIES.webhook_local_timeout,
     ) -> None:
         self._request_timeout_seconds = request_timeout.total_seconds()
+        self._local_timeout_seconds = local_timeout.total_seconds()
+        # The threads of send_webhook_at_close (it runs in the exports' worker), one slot each.
+        self._at_close = ThreadPoolExecutor(max_workers=max_in_flight, thread_name_prefix="webhooks-at-close")
+        self._at_close_slots = threading.BoundedSemaphore(max_in_flight)
         self._events = WebhookEvents(ledger)
         self._ledger = ledger
         self._targets: dict[UUID, _Target] = {}
@@ -80,21 +92,49 @@ class WebhookActivities:
         )
 
     def close(self) -> None:
+        self._at_close.shutdown(wait=False, cancel_futures=True)
         self._client.close()
 
     @activity.defn
     @translate_errors
     def send_webhook(self, delivery: WebhookDelivery) -> WebhookDeliveryOutcome:
-        tries = activity.info().attempt
+        return self._post(delivery, delivery.tries_before + activity.info().attempt, self._request_timeout_seconds)
+
+    @activity.defn
+    async def send_webhook_at_close(self, delivery: WebhookDelivery) -> WebhookDeliveryOutcome:
+        """One try of a closing run's callback, as a local activity in its last workflow task.
+
+        It runs in the exports' worker, on threads of its own, with a short request timeout:
+        a receiver that is slow or hangs holds at most ``max_in_flight`` of these threads
+        (and as many closing runs' workflow tasks) for ``local_timeout``, and with every
+        thread busy a try is declined at once. PENDING (with the tries made, 0 or 1) means
+        the regular ``send_webhook`` takes the event over.
+        """
+        if not self._at_close_slots.acquire(blocking=False):
+            return _not_delivered(delivery, tries=0)
+        return await asyncio.get_running_loop().run_in_executor(self._at_close, self._try_at_close, delivery)
+
+    @translate_errors
+    def _try_at_close(self, delivery: WebhookDelivery) -> WebhookDeliveryOutcome:
+        try:
+            return self._post(delivery, 1, self._local_timeout_seconds)
+        except TransientError as exc:
+            if exc.code != WEBHOOK_UNDELIVERED:
+                raise
+            return _not_delivered(delivery, tries=1)  # recorded as the first try
+        finally:
+            self._at_close_slots.release()
+
+    def _post(self, delivery: WebhookDelivery, tries: int, timeout_seconds: float) -> WebhookDeliveryOutcome:
         event = delivery.event
         target = self._target(delivery.erp_connection_id)
         url = target.url
         body = event.body()
         headers = signed_headers(target.secret, event, body, int(time.time()))
         try:
-            response = self._client.post(url, content=body, headers=headers)
+            response = self._client.post(url, content=body, headers=headers, timeout=timeout_seconds)
         except httpx.TimeoutException:
-            error = f"{describe_url(url)}: no answer within {self._request_timeout_seconds:g} s"
+            error = f"{describe_url(url)}: no answer within {timeout_seconds:g} s"
             self._record(delivery, tries, error=error)
             raise _undelivered(error) from None
         except httpx.TransportError as exc:

@@ -9,11 +9,20 @@ export then sends one signed callback (SENT; the connections have no ack path).
 last ``sent_at`` in the ledger: what the ERP sees. The run itself closes only once
 its callbacks are out, so "callbacks delivered too" (first start → last result) is
 reported as well, without a target.
+
+Two worker processes on task queues of their own: one as deployed (a closing run
+sends its callback as a local activity in its last workflow task,
+``Policies.webhook_local_at_close``) and one with that off (every callback a
+regular activity on the callbacks' queue: the code before it), so that both are
+measured in the same run, each burst alternating with the others. The worker
+processes are this module (``python -m benchmarks.bench_webhooks`` with
+BENCH_WEBHOOKS_WORKER set).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
 import threading
 import time
@@ -30,6 +39,8 @@ from dropzone.webhooks import new_secret
 from tests.helpers import make_draft
 
 MAX_SLOWDOWN = 0.05  # issue: at most 5 % lower throughput with a receiver configured
+WORKER_ENV = "BENCH_WEBHOOKS_WORKER"  # "at-close" (as deployed) or "activities" (the code before)
+WORKER_MODULE = "benchmarks.bench_webhooks"
 
 
 @dataclass
@@ -104,27 +115,37 @@ async def webhook_rows(stack: Stack, config: WebhookBenchConfig) -> list[Row]:
                 {**stack.sftp_config(ack_path=None), "webhook_url": receiver.url, "webhook_secret": new_secret()},
             )
             hooked_template = make_draft(org_id=org_id, lines=config.draft_lines)
-            async with Workers(stack, bench.client, bench.address, "real", 1) as workers:
-                queue = workers.task_queue
-                # Warm both paths (imports, pools, the httpx client) before timing.
-                await _burst(bench, queue, bench.connection_id, bench.template, min(20, config.burst))
-                await _burst(bench, queue, hooked, hooked_template, min(20, config.burst))
-                plain: list[Burst] = []
-                with_hooks: list[Burst] = []
-                for _ in range(config.runs):
-                    before = receiver.count
-                    with_hooks.append(await _burst(bench, queue, hooked, hooked_template, config.burst))
-                    if receiver.count - before != config.burst:
-                        raise RuntimeError(f"{receiver.count - before} callbacks for {config.burst} exports")
-                    plain.append(await _burst(bench, queue, bench.connection_id, bench.template, config.burst))
+            os.environ[WORKER_ENV] = "activities"
+            async with Workers(stack, bench.client, bench.address, "real", 1, module=WORKER_MODULE) as before:
+                os.environ[WORKER_ENV] = "at-close"
+                async with Workers(stack, bench.client, bench.address, "real", 1, module=WORKER_MODULE) as ours:
+                    async def burst(name: str, n: int) -> Burst:
+                        if name == "plain":
+                            return await _burst(bench, ours.task_queue, bench.connection_id, bench.template, n)
+                        sent = receiver.count
+                        queue = ours.task_queue if name == "at-close" else before.task_queue
+                        result = await _burst(bench, queue, hooked, hooked_template, n)
+                        if receiver.count - sent != n:
+                            raise RuntimeError(f"{receiver.count - sent} callbacks for {n} exports")
+                        return result
+
+                    names = ["at-close", "activities", "plain"]
+                    for name in names:  # warm every path (imports, pools, the httpx client) before timing
+                        await burst(name, min(20, config.burst))
+                    measured: dict[str, list[Burst]] = {name: [] for name in names}
+                    for run in range(config.runs):
+                        for name in names[run % 3:] + names[: run % 3]:  # each goes first in turn
+                            measured[name].append(await burst(name, config.burst))
     finally:
+        os.environ.pop(WORKER_ENV, None)
         receiver.close()
-    return _rows(config, plain, with_hooks)
+    return _rows(config, measured["plain"], measured["at-close"], measured["activities"])
 
 
-def _rows(config: WebhookBenchConfig, plain: list[Burst], hooked: list[Burst]) -> list[Row]:
+def _rows(config: WebhookBenchConfig, plain: list[Burst], hooked: list[Burst], before: list[Burst]) -> list[Row]:
     ours = [b.delivered_per_s for b in hooked]
     base = [b.delivered_per_s for b in plain]
+    old = [b.delivered_per_s for b in before]
     ratio = statistics.median(ours) / statistics.median(base)
     ours_closed = [b.closed_per_s for b in hooked]
     base_closed = [b.closed_per_s for b in plain]
@@ -142,6 +163,16 @@ def _rows(config: WebhookBenchConfig, plain: list[Burst], hooked: list[Burst]) -
             pair_ratios=[o / b for o, b in zip(ours, base, strict=True)],
         ),
         Row(
+            name=f"Burst of {config.burst} exports with a webhook receiver, every callback an activity: exports delivered",
+            ours=Sample(old, "exports/s"),
+            baseline=Sample(base, "exports/s"),
+            baseline_name="same burst, no webhook",
+            ratio=statistics.median(old) / statistics.median(base),
+            note="the code before the local try at close (Policies(webhook_local_at_close=False)), its own worker, "
+                 "same run (no target)",
+            pair_ratios=[o / b for o, b in zip(old, base, strict=True)],
+        ),
+        Row(
             name=f"Burst of {config.burst} exports with a webhook receiver: callbacks delivered too",
             ours=Sample(ours_closed, "exports/s"),
             baseline=Sample(base_closed, "exports/s"),
@@ -151,3 +182,16 @@ def _rows(config: WebhookBenchConfig, plain: list[Burst], hooked: list[Burst]) -
             pair_ratios=[o / b for o, b in zip(ours_closed, base_closed, strict=True)],
         ),
     ]
+
+
+def _worker() -> None:
+    """``worker.main()``, with or without the local try at close."""
+    import worker
+    from workflows.policies import Policies
+
+    worker.main(policies=Policies(webhook_local_at_close=os.environ[WORKER_ENV] == "at-close"))
+
+
+if __name__ == "__main__":
+    if os.environ.get(WORKER_ENV):  # started by Workers from webhook_rows
+        _worker()

@@ -212,6 +212,8 @@ class WebhookDelivery(_Contract):
     erp_connection_id: UUID
     org_id: UUID
     event: WebhookEvent
+    # Tries made before this activity's attempts (a closing run's local try): counted in delivery_attempts.
+    tries_before: int = 0
 
 
 class WebhookGiveUp(_Contract):

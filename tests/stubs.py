@@ -9,6 +9,7 @@ own tests.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import uuid
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 from temporalio import activity
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowExecutionDescription, WorkflowHistory
 from temporalio.exceptions import ApplicationError
 
 from dropzone.contracts import (
@@ -26,6 +27,8 @@ from dropzone.contracts import (
     DeliveryOutcome,
     EnsureListenerInput,
     ExportRef,
+    ExportRequest,
+    ExportResult,
     ListenerRef,
     MarkFailedInput,
     OpenAttemptInput,
@@ -35,7 +38,9 @@ from dropzone.contracts import (
     WebhookDeliveryOutcome,
     WebhookGiveUp,
 )
+from tests.helpers import make_draft
 from worker import WorkerGroup, serve_task_queue
+from workflows.export_order import ExportOrderWorkflow
 from workflows.policies import DEFAULT_POLICIES, Policies
 
 POLL_INTERVAL_SECONDS = 60
@@ -98,15 +103,25 @@ class StubActivities:
     def poll_ack(self, ref: ExportRef) -> AckOutcome:
         return AckOutcome(export_id=ref.export_id, status="ACKED", erp_order_id="SO-STUB")
 
-    @activity.defn(name="send_webhook")
-    def send_webhook(self, delivery: WebhookDelivery) -> WebhookDeliveryOutcome:
-        try_number = activity.info().attempt
+    def _try(self, delivery: WebhookDelivery, try_number: int) -> bool:
         refused = self.refuse(delivery, try_number)
         with self._lock:
             self.tries.append((delivery.event.type, delivery.event.attempt, not refused, datetime.now(UTC)))
-        if refused:
+        return not refused
+
+    @activity.defn(name="send_webhook")
+    def send_webhook(self, delivery: WebhookDelivery) -> WebhookDeliveryOutcome:
+        try_number = delivery.tries_before + activity.info().attempt
+        if not self._try(delivery, try_number):
             raise ApplicationError("receiver answered HTTP 503", type="WEBHOOK_UNDELIVERED")
         return WebhookDeliveryOutcome(event_id=delivery.event.event_id, status="DELIVERED", delivery_attempts=try_number)
+
+    @activity.defn(name="send_webhook_at_close")
+    async def send_webhook_at_close(self, delivery: WebhookDelivery) -> WebhookDeliveryOutcome:
+        delivered = self._try(delivery, 1)
+        return WebhookDeliveryOutcome(
+            event_id=delivery.event.event_id, status="DELIVERED" if delivered else "PENDING", delivery_attempts=1
+        )
 
     @activity.defn(name="give_up_webhook")
     def give_up_webhook(self, request: WebhookGiveUp) -> WebhookDeliveryOutcome:
@@ -125,7 +140,7 @@ def stub_worker(
         task_queue=queue,
         activities=[
             stubs.open_attempt, stubs.render_and_store, stubs.deliver, stubs.mark_failed,
-            stubs.ensure_ack_listener, stubs.poll_ack,
+            stubs.ensure_ack_listener, stubs.poll_ack, stubs.send_webhook_at_close,
         ],
         webhook_activities=[stubs.send_webhook, stubs.give_up_webhook],
         executor=executor,
@@ -133,3 +148,19 @@ def stub_worker(
         policies=policies,
     )
     return group, queue
+
+
+async def run_to_close(
+    client: Client, stubs: StubActivities, *, policies: Policies = DEFAULT_POLICIES
+) -> tuple[ExportResult, WorkflowHistory, WorkflowExecutionDescription]:
+    """One export of a new draft on a stub worker, until its run closed: its result, history and description."""
+    draft = make_draft(org_id=uuid.uuid4())
+    with ThreadPoolExecutor(8) as executor:
+        worker, queue = stub_worker(client, stubs, executor, policies=policies)
+        async with worker:
+            handle = await client.start_workflow(
+                ExportOrderWorkflow.run, ExportRequest(erp_connection_id=uuid.uuid4(), draft=draft),
+                id=f"erp-export-{draft['draft_order_id']}", task_queue=queue,
+            )
+            result = await asyncio.wait_for(handle.result(), 120)
+            return result, await handle.fetch_history(), await handle.describe()

@@ -9,9 +9,7 @@ them. The stubs answer at once; only the workflow's scheduling is under test.
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields, replace
 from datetime import timedelta
 
@@ -20,10 +18,7 @@ from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client
 from temporalio.common import RetryPolicy
 
-from dropzone.contracts import ExportRequest
-from tests.helpers import make_draft
-from tests.stubs import POLL_INTERVAL_SECONDS, StubActivities, stub_worker
-from workflows.export_order import ExportOrderWorkflow
+from tests.stubs import POLL_INTERVAL_SECONDS, StubActivities, run_to_close
 from workflows.policies import DEFAULT_POLICIES, Policies, for_task_queue, registered
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -115,16 +110,7 @@ def timers(events: list[HistoryEvent]) -> list[timedelta]:
 
 async def run_export(client: Client, stubs: StubActivities, policies: Policies | None) -> list[HistoryEvent]:
     """One export on a stub worker given ``policies`` (None: given nothing); its history once closed."""
-    draft = make_draft(org_id=uuid.uuid4())
-    with ThreadPoolExecutor(8) as executor:
-        worker, queue = stub_worker(client, stubs, executor, **({} if policies is None else {"policies": policies}))
-        async with worker:
-            handle = await client.start_workflow(
-                ExportOrderWorkflow.run, ExportRequest(erp_connection_id=uuid.uuid4(), draft=draft),
-                id=f"erp-export-{draft['draft_order_id']}", task_queue=queue,
-            )
-            await asyncio.wait_for(handle.result(), 120)
-            history = await handle.fetch_history()
+    _, history, _ = await run_to_close(client, stubs, **({} if policies is None else {"policies": policies}))
     return list(history.events)
 
 
@@ -135,7 +121,7 @@ async def test_the_short_policies_differ_from_production_in_every_field_under_te
         # the last chance of a callback whose window has all but run out.
         "listener_scan_timeout", "listener_scan_heartbeat_timeout", "listener_scan_retry",
         "listener_max_history_events", "stale_tmp_sweep_interval", "webhook_max_in_flight",
-        "webhook_request_timeout", "webhook_last_chance",
+        "webhook_request_timeout", "webhook_local_timeout", "webhook_last_chance", "webhook_local_at_close",
     }
     same = [name for name in compared if getattr(SHORT, name) == getattr(DEFAULT_POLICIES, name)]
     assert same == []

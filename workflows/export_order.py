@@ -121,6 +121,7 @@ class ExportOrderWorkflow(ListenerWait):
     async def _close(self) -> ExportResult:
         """The result, once every status callback is out and no Update is left waiting."""
         self._closing = True
+        self._webhooks.closing()
         if not self._webhooks.idle:
             self._details(f"{self._status}; delivering {len(self._webhooks)} status callback(s) before closing")
             await self._webhooks.drained()

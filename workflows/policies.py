@@ -91,6 +91,11 @@ class Policies:
     webhook_give_up_after: timedelta = timedelta(days=1)
     # Left for a send whose window has all but run out, so that it is still tried once.
     webhook_last_chance: timedelta = timedelta(seconds=30)
+    # A closing run tries its callbacks first as a local activity (workflows/webhook_queue.py;
+    # False: always the regular activity). Read only where workflow.patched decides.
+    webhook_local_at_close: bool = True
+    # That try's request timeout: a slower receiver gets the event from the regular activity.
+    webhook_local_timeout: timedelta = timedelta(seconds=2)
 
     # New exports wait for the listener's hand-over (False: the per-export poll). Read
     # only where workflow.patched(ACK_LISTENER_PATCH) decides, so a flip affects new runs.

@@ -6,6 +6,13 @@ sends the events one after another (each is an activity retried with backoff),
 so a receiver gets the events of an export in the order they happened. Each
 event is given up once ``Policies.webhook_give_up_after`` has passed since it
 happened; the run waits for the queue (``drained``) before it closes.
+
+Once the run has nothing left to do but wait for its callbacks (``closing``),
+an event's first try is a local activity (``send_webhook_at_close``, in the
+run's own workflow task: no activity task and no extra workflow task for a
+receiver that answers); a try that fails, or that the worker declines (its
+threads for these are busy), goes on as the regular activity, with the same
+backoff and window. Guarded by ``workflow.patched(AT_CLOSE_PATCH)``.
 """
 
 from __future__ import annotations
@@ -15,16 +22,21 @@ from collections import deque
 from uuid import UUID
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError
 
 with workflow.unsafe.imports_passed_through():
     from activities.webhooks import WebhookActivities
-    from dropzone.contracts import WebhookDelivery, WebhookGiveUp
+    from dropzone.contracts import WebhookDelivery, WebhookDeliveryOutcome, WebhookGiveUp
     from dropzone.webhooks import WebhookEvent
     from workflows.policies import Policies, webhook_task_queue
 
 # Marker of the first status callback in a run's history.
 WEBHOOK_PATCH = "status-callbacks"
+# Marker of the first callback tried as a local activity of a closing run.
+AT_CLOSE_PATCH = "status-callbacks-at-close"
+# One try: a failed one goes on as the regular activity, whose retries count from there.
+_ONE_TRY = RetryPolicy(maximum_attempts=1)
 
 
 class WebhookQueue:
@@ -32,6 +44,7 @@ class WebhookQueue:
         self._policies = policies
         self._pending: deque[WebhookDelivery] = deque()
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
 
     @property
     def idle(self) -> bool:
@@ -45,6 +58,10 @@ class WebhookQueue:
         if self._task is None:
             self._task = asyncio.create_task(self._send_all())
 
+    def closing(self) -> None:
+        """The run has nothing left to do but wait for its callbacks."""
+        self._closing = True
+
     async def drained(self) -> None:
         """Until every event was delivered or given up (each within its own window)."""
         if self._pending:
@@ -57,7 +74,29 @@ class WebhookQueue:
             await self._send(self._pending[0])
             self._pending.popleft()
 
+    async def _try_at_close(self, delivery: WebhookDelivery) -> WebhookDelivery | None:
+        """None once delivered; else the delivery for the regular activity, counting the local try."""
+        try:
+            outcome: WebhookDeliveryOutcome = await workflow.execute_local_activity_method(
+                WebhookActivities.send_webhook_at_close,
+                delivery,
+                start_to_close_timeout=self._policies.webhook_timeout,
+                retry_policy=_ONE_TRY,
+                summary=f"status callback {delivery.event.type} (attempt {delivery.event.attempt})",
+            )
+        # (A local activity's failure comes as its cause, not wrapped in an ActivityError.)
+        except (ActivityError, ApplicationError, TimeoutError):
+            return delivery  # the ledger or the config, not the receiver: the activity says what it is
+        if outcome.status == "DELIVERED":
+            return None
+        return delivery.model_copy(update={"tries_before": outcome.delivery_attempts})
+
     async def _send(self, delivery: WebhookDelivery) -> None:
+        if self._closing and self._policies.webhook_local_at_close and workflow.patched(AT_CLOSE_PATCH):
+            tried = await self._try_at_close(delivery)
+            if tried is None:
+                return
+            delivery = tried
         event = delivery.event
         window_left = event.occurred_at + self._policies.webhook_give_up_after - workflow.now()
         try:
