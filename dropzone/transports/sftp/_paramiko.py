@@ -45,9 +45,10 @@ from paramiko.sftp import (
 )
 from paramiko.ssh_exception import IncompatiblePeer
 
+from dropzone import errors
 from dropzone.transports.sftp.errors import FX_BAD_MESSAGE, FX_EOF, FX_OK, NoCommonAlgorithm, SftpStatusError
 
-__all__ = ["INTERNALS", "SFTPClient", "Transport", "implemented_algorithms", "sent_kex_init", "set_pubkey_algorithms"]
+__all__ = ["INTERNALS", "CallerAborted", "SFTPClient", "Transport", "implemented_algorithms", "sent_kex_init", "set_pubkey_algorithms"]
 
 SAFE_REQUEST_SIZE = 32 * 1024  # every SFTP server must accept this much per request
 MAX_REQUEST_SIZE = 256 * 1024
@@ -136,6 +137,16 @@ def mismatch(t: paramiko.Transport, offer: dict[str, Any]) -> IncompatiblePeer:
 
 
 # ----- the SFTP client -----
+
+
+class CallerAborted(Exception):
+    """The caller's code (the source of the chunks, the hasher, the progress callback)
+    raised between two requests: the SFTP stream is in step, so the session stays
+    usable and ``original`` is what the caller must see (a cancellation, a bug)."""
+
+    def __init__(self, original: Exception) -> None:
+        super().__init__(type(original).__name__)
+        self.original = original
 
 
 class _Hasher(Protocol):
@@ -291,8 +302,17 @@ class SFTPClient(paramiko.SFTPClient):
             sink.outstanding += 1
             offset += len(piece)
 
-        for chunk in chunks:
-            data = hasher.feed(chunk)
+        source = iter(chunks)
+        while True:
+            try:
+                chunk = next(source, None)
+                if chunk is None:
+                    break
+                data = hasher.feed(chunk)
+            except errors.DropzoneError:
+                raise
+            except Exception as exc:
+                raise CallerAborted(exc) from exc
             if pending:
                 pending += data
                 data_view = memoryview(bytes(pending))
@@ -304,7 +324,12 @@ class SFTPClient(paramiko.SFTPClient):
                 data_view = data_view[req:]
             if len(data_view):
                 pending += data_view
-            hasher.done(hasher.count)
+            try:
+                hasher.done(hasher.count)
+            except errors.DropzoneError:
+                raise
+            except Exception as exc:
+                raise CallerAborted(exc) from exc
         if pending:
             send(pending)
         while sink.outstanding > 0 or mode_sink.outstanding > 0:

@@ -90,7 +90,7 @@ class SftpTransport(Transport):
             raise errors.DropzoneUnavailableError(f"{session.url}: connection lost; cannot {action}")
         try:
             yield session.sftp
-        except errors.DropzoneError:
+        except (errors.DropzoneError, _paramiko.CallerAborted):
             raise
         except Exception as exc:
             translated = translate(exc, session.url, action)
@@ -205,6 +205,11 @@ class SftpTransport(Transport):
                 closed = True  # even if CLOSE fails, the handle is gone
                 sftp.close_handle(handle)
             ok = True
+        except _paramiko.CallerAborted as aborted:
+            # A cancellation from the progress callback, or a failing source: the
+            # stream is in step, so the .tmp is removed below and the caller sees
+            # its own exception, as from every other transport.
+            raise aborted.original from None
         finally:
             if not ok and not session.broken:
                 with contextlib.suppress(Exception):

@@ -176,6 +176,26 @@ def test_a_failing_source_leaves_no_tmp(zone: Zone):
     assert zone.exports() == []
 
 
+class Cancelled(Exception):
+    """What a heartbeat raises from the progress callback when the activity is cancelled."""
+
+
+def test_progress_counts_each_chunk_and_raising_in_it_stops_the_upload_leaving_nothing(zone: Zone):
+    data = body_of(4 * MiB)
+    counts: list[int] = []
+
+    def progress(done: int) -> None:
+        counts.append(done)
+        if done >= 2 * MiB:
+            raise Cancelled()
+
+    with zone.open() as dz, pytest.raises(Cancelled):
+        dz.deliver(FILENAME, chunked(data, MiB), size=len(data), sha256=sha256_of(data), token="t1", progress=progress)
+    assert counts == [MiB, 2 * MiB] and zone.exports() == []
+    with zone.open() as dz:
+        assert not deliver(dz, data, token="t2").already_present
+
+
 def test_each_execution_writes_a_tmp_of_its_own(zone: Zone):
     """``<name>.<token>.tmp``: another execution's file is never touched; a stale one of
     the same execution (a crashed try of it) is overwritten."""
