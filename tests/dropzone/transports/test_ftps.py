@@ -1,10 +1,10 @@
-"""The FTPS dropzone against a real FTP server with explicit TLS (pyftpdlib, tests/fixtures/ftps.py).
+"""What only FTPS has, against a real FTP server with explicit TLS (pyftpdlib, tests/fixtures/ftps.py).
 
-What a connection must guarantee over FTPS, with the bytes checked in the
-server's own directory: delivery, idempotent re-delivery, conflicts, integrity
-errors leaving nothing, a unique ``.tmp`` per execution, acks listed with MLSD
-and moved, the probe, certificate and password failures that send nothing,
-a server crash mid-upload, and plain FTP only when the config says so.
+The guarantees every dropzone shares (delivery, conflicts, integrity, tmps, acks,
+the probe) are checked once for all of them in test_contract.py. Here: the FTP
+commands behind them (TLS before the login, no second STOR, one MLSD, the probe's
+STOR/RETR/DELE), a server crash mid-upload, a hung server, certificate and password
+failures that send nothing, plain FTP only when the config says so, and the error table.
 """
 
 from __future__ import annotations
@@ -47,10 +47,6 @@ def chunks(body: bytes, size: int = MiB) -> Iterator[bytes]:
         yield body[start : start + size]
 
 
-class Cancelled(Exception):
-    """What an activity's heartbeat raises once Temporal cancelled it."""
-
-
 def token(attempt: int = 1) -> str:
     return naming.execution_token(attempt, os.urandom(4).hex())
 
@@ -62,97 +58,27 @@ def dirs(server: FtpsServerInfo, raw: dict[str, Any]) -> tuple[Path, Path]:
 # --- delivery -----------------------------------------------------------------------
 
 
-def test_delivers_the_bytes_into_the_servers_directory(ftps_server: FtpsServerInfo) -> None:
+def test_delivers_over_tls_started_before_the_login_and_a_protected_data_channel(ftps_server: FtpsServerInfo) -> None:
     raw = ftps_server.config()
     export_dir, _ = dirs(ftps_server, raw)
-    body, sha = body_of(3 * MiB + 17)
+    body, sha = body_of(100_000)
     with open_ftps(raw) as dz:
         assert isinstance(dz.transport, FtpsTransport)
-        result = dz.deliver(NAME, chunks(body), size=len(body), sha256=sha, token=token())
-    assert result.path == f"{raw['export_path']}/{NAME}" and not result.already_present
-    assert [p.name for p in export_dir.iterdir()] == [NAME]
+        dz.deliver(NAME, [body], size=len(body), sha256=sha, token=token())
     assert (export_dir / NAME).read_bytes() == body
-    assert (export_dir / NAME).stat().st_mode & 0o777 == 0o640  # file_mode, through SITE CHMOD
-    # TLS on the control channel before the login, and a protected data channel.
+    # The server refuses a data transfer without PROT P (tls_data_required), so the bytes
+    # arriving at all prove the data channel was protected.
     commands = ftps_server.commands()
     assert commands.index("AUTH") < commands.index("USER") and "PROT" in commands
 
 
-def test_redelivery_is_idempotent(ftps_server: FtpsServerInfo) -> None:
-    raw = ftps_server.config()
-    export_dir, _ = dirs(ftps_server, raw)
+def test_redelivery_reads_back_instead_of_sending_again(ftps_server: FtpsServerInfo) -> None:
     body, sha = body_of(200_000)
-    with open_ftps(raw) as dz:
-        dz.deliver(NAME, chunks(body), size=len(body), sha256=sha, token=token())
+    with open_ftps(ftps_server.config()) as dz:
+        dz.deliver(NAME, [body], size=len(body), sha256=sha, token=token())
         before = ftps_server.commands().count("STOR")
-        again = dz.deliver(NAME, chunks(body), size=len(body), sha256=sha, token=token())
-    assert again.already_present and again.sha256 == sha
+        assert dz.deliver(NAME, [body], size=len(body), sha256=sha, token=token()).already_present
     assert ftps_server.commands().count("STOR") == before  # read back and hashed, not sent again
-    assert [p.name for p in export_dir.iterdir()] == [NAME] and (export_dir / NAME).read_bytes() == body
-
-
-def test_different_bytes_under_the_final_name_are_a_conflict(ftps_server: FtpsServerInfo) -> None:
-    raw = ftps_server.config()
-    export_dir, _ = dirs(ftps_server, raw)
-    (export_dir / NAME).write_bytes(b"an order already there")
-    for size in (len(b"an order already there"), 5):  # same size, other bytes; other size
-        body, sha = body_of(size)
-        with open_ftps(raw) as dz, pytest.raises(errors.DeliveryConflictError) as caught:
-            dz.deliver(NAME, [body], size=size, sha256=sha, token=token())
-        assert caught.value.message.startswith(f"ftps://{ftps_server.username}@") and "not overwriting" in caught.value.message
-    assert [p.name for p in export_dir.iterdir()] == [NAME]
-    assert (export_dir / NAME).read_bytes() == b"an order already there"
-
-
-@pytest.mark.parametrize("wrong", ["too many bytes", "other bytes", "too few bytes"])
-def test_an_integrity_error_leaves_nothing(ftps_server: FtpsServerInfo, wrong: str) -> None:
-    raw = ftps_server.config()
-    export_dir, _ = dirs(ftps_server, raw)
-    body, sha = body_of(2 * MiB)
-    sent = {"too many bytes": body + b"x", "other bytes": os.urandom(len(body)), "too few bytes": body[:-1]}[wrong]
-    with open_ftps(raw) as dz:
-        with pytest.raises(errors.IntegrityError):
-            dz.deliver(NAME, chunks(sent), size=len(body), sha256=sha, token=token())
-        assert list(export_dir.iterdir()) == []
-        # The session is still in step: the next delivery on it goes through.
-        assert not dz.deliver(NAME, chunks(body), size=len(body), sha256=sha, token=token()).already_present
-    assert (export_dir / NAME).read_bytes() == body
-
-
-def test_every_execution_writes_its_own_tmp(ftps_server: FtpsServerInfo) -> None:
-    raw = ftps_server.config()
-    export_dir, _ = dirs(ftps_server, raw)
-    body, sha = body_of(2 * MiB)
-    seen: list[list[str]] = []
-    tokens = [token(1), token(2)]
-    with open_ftps(raw) as dz:
-        for t in tokens:
-            (export_dir / NAME).unlink(missing_ok=True)
-            dz.deliver(
-                NAME, chunks(body), size=len(body), sha256=sha, token=t,
-                progress=lambda n: seen.append(sorted(p.name for p in export_dir.iterdir())) if n == MiB else None,
-            )
-    assert seen == [[naming.tmp_name(NAME, t)] for t in tokens]
-    assert seen[0] != seen[1] and [p.name for p in export_dir.iterdir()] == [NAME]
-
-
-def test_progress_is_reported_per_chunk_and_may_stop_the_upload(ftps_server: FtpsServerInfo) -> None:
-    raw = ftps_server.config()
-    export_dir, _ = dirs(ftps_server, raw)
-    body, sha = body_of(4 * MiB)
-    counts: list[int] = []
-
-    def progress(n: int) -> None:  # the activity heartbeats here; a cancellation raises
-        counts.append(n)
-        if n >= 2 * MiB:
-            raise Cancelled()
-
-    with open_ftps(raw) as dz, pytest.raises(Cancelled):
-        dz.deliver(NAME, chunks(body), size=len(body), sha256=sha, token=token(), progress=progress)
-    assert counts == [MiB, 2 * MiB]
-    with open_ftps(raw) as dz:
-        dz.deliver(NAME, chunks(body), size=len(body), sha256=sha, token=token(2), attempt=2)
-    assert [p.name for p in export_dir.iterdir()] == [NAME]
 
 
 def test_a_server_crash_mid_upload_is_retried_into_one_intact_file(ftps_server: FtpsServerInfo) -> None:
@@ -197,55 +123,27 @@ def test_a_hung_server_fails_within_the_operation_timeout(ftps_server: FtpsServe
 # --- acks -------------------------------------------------------------------------------
 
 
-def test_acks_are_listed_with_mlsd_and_moved_to_processed_and_error(ftps_server: FtpsServerInfo) -> None:
+def test_all_acks_are_listed_with_one_mlsd(ftps_server: FtpsServerInfo) -> None:
     raw = ftps_server.config()
     _, ack_dir = dirs(ftps_server, raw)
     other = NAME.replace("0001", "0002")
     (ack_dir / naming.ack_name(NAME)).write_bytes(b'{"status": "ACKED"}')
     (ack_dir / naming.error_ack_name(other)).write_bytes(b'{"status": "FAILED"}')
-    (ack_dir / f"{naming.ack_name(NAME)}.x1.tmp").write_bytes(b"half")  # never an ack
     with open_ftps(raw) as dz:
         before = ftps_server.commands().count("MLSD")
         listed = dz.list_all_acks()
-        assert ftps_server.commands().count("MLSD") == before + 1
-        assert sorted((a.name, a.kind, a.export_filename, a.size) for a in listed) == [
-            (naming.ack_name(NAME), "ack", NAME, 19), (naming.error_ack_name(other), "error", other, 20),
-        ]
-        assert [a.name for a in dz.list_acks(NAME)] == [naming.ack_name(NAME)]
-        assert dz.read_ack(naming.ack_name(NAME), max_bytes=5) == b'{"stat'  # max_bytes + 1
-        moved = dz.move_ack(naming.ack_name(NAME), "processed")
-        assert dz.move_ack(naming.ack_name(NAME), "processed") == moved  # a retried move: same answer
-        dz.move_ack(naming.error_ack_name(other), "error")
-        # A name already taken in error/ gets a numeric suffix instead of being replaced.
-        (ack_dir / naming.error_ack_name(other)).write_bytes(b'{"status": "FAILED", "again": 1}')
-        second = dz.move_ack(naming.error_ack_name(other), "error")
-    assert moved == f"{raw['ack_path']}/processed/{naming.ack_name(NAME)}"
-    assert second.endswith(f"/error/{naming.error_ack_name(other)}.1")
-    assert (ack_dir / "processed" / naming.ack_name(NAME)).read_bytes() == b'{"status": "ACKED"}'
-    assert (ack_dir / "error" / naming.error_ack_name(other)).read_bytes() == b'{"status": "FAILED"}'
-    assert sorted(p.name for p in ack_dir.iterdir() if p.is_file()) == [f"{naming.ack_name(NAME)}.x1.tmp"]
-
-
-def test_listing_a_missing_directory_names_it(ftps_server: FtpsServerInfo) -> None:
-    raw = ftps_server.config()
-    with open_ftps(raw) as dz, pytest.raises(errors.MissingDirectoryError, match="/nowhere does not exist"):
-        dz.transport.listdir(f"{raw['ack_path']}/nowhere")
+        assert ftps_server.commands().count("MLSD") == before + 1  # one listing, no command per file
+    assert sorted(a.name for a in listed) == [naming.ack_name(NAME), naming.error_ack_name(other)]
 
 
 # --- probe, certificates, passwords ---------------------------------------------------
 
 
-def test_probe_writes_reads_back_and_deletes_a_probe_file(ftps_server: FtpsServerInfo) -> None:
-    raw = ftps_server.config()
-    export_dir, _ = dirs(ftps_server, raw)
+def test_the_probe_stores_retrieves_and_deletes_over_ftp(ftps_server: FtpsServerInfo) -> None:
     before = len(ftps_server.commands())
-    with open_ftps(raw) as dz:
-        result = dz.probe()
-    assert result.ok, result.detail
-    assert result.host_key_fingerprint == ftps_server.fingerprint
-    assert "wrote, read back and deleted a probe file" in result.detail
+    with open_ftps(ftps_server.config()) as dz:
+        assert dz.probe().ok
     assert {"STOR", "RETR", "DELE"} <= set(ftps_server.commands()[before:])
-    assert list(export_dir.iterdir()) == []
 
 
 def test_a_pinned_certificate_alone_is_enough(ftps_server: FtpsServerInfo) -> None:
