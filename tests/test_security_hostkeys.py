@@ -242,3 +242,64 @@ def test_bad_trust_arguments_are_refused_before_contacting_the_server(
     assert message in result.stderr
     assert stored_token(ledger, cid) == before
     assert ledger.get_connection(cid).last_test_at is None  # nothing was contacted, nothing recorded
+
+
+# --- the same path for an FTPS server's certificate ----------------------------------
+
+
+def test_ftps_test_shows_the_certificate_and_trust_pins_only_the_approved_one(ftps_server, ledger, cli_env):
+    server = ftps_server
+    raw = server.config(ca_bundle=None)  # nothing vouches for it: its CA is not among the system's
+    cid = add_connection(ledger, uuid.uuid4(), raw)
+    before, token = len(server.commands()), stored_token(ledger, cid)
+
+    untrusted = invoke(cli_env, "connections", "test", str(cid))
+    assert untrusted.exit_code == 2
+    assert f"certificate of {server.host}:{server.port}: {server.fingerprint}" in untrusted.stdout
+    assert "certificate not trusted yet" in untrusted.stderr and "--trust" in untrusted.stderr
+    assert ledger.get_connection(cid).last_test_success is False
+
+    _, other = other_key()
+    wrong = invoke(cli_env, "connections", "test", str(cid), "--trust", other)
+    assert wrong.exit_code == 2 and "nothing pinned" in wrong.stderr
+    assert server.fingerprint in wrong.stderr and other in wrong.stderr
+    assert stored_token(ledger, cid) == token  # not even re-encrypted
+    assert set(server.commands()[before:]) == {"AUTH"}, "the password left before a pin was approved"
+
+    trusted = invoke(cli_env, "connections", "test", str(cid), "--trust", server.fingerprint)
+    assert trusted.exit_code == 0, trusted.stderr
+    assert f"certificate pinned: {server.fingerprint}" in trusted.stdout and f"connection {cid} ok" in trusted.stdout
+    record = ledger.get_connection(cid)
+    assert record.config["server_fingerprint"] == server.fingerprint and record.last_test_success is True
+    assert {"USER", "STOR", "RETR", "DELE"} <= set(server.commands()[before:])  # the probe, against the pin
+
+    again = invoke(cli_env, "connections", "test", str(cid), "--json")
+    assert again.exit_code == 0, again.stderr
+    report = json.loads(again.stdout)
+    assert report["ok"] is True and report["pinned_fingerprint"] == server.fingerprint
+    assert report["certificate"] == {"fingerprint": server.fingerprint}
+    assert server.password not in untrusted.stdout + wrong.stderr + trusted.stdout + again.stdout
+
+
+def test_ftps_replacing_a_different_pin_needs_replace_pin(ftps_server, ledger, cli_env):
+    old = "SHA256:" + "A" * 43
+    cid = add_connection(ledger, uuid.uuid4(), ftps_server.config(ca_bundle=None, server_fingerprint=old))
+    token = stored_token(ledger, cid)
+
+    refused = invoke(cli_env, "connections", "test", str(cid), "--trust", ftps_server.fingerprint)
+    assert refused.exit_code == 2
+    assert old in refused.stderr and ftps_server.fingerprint in refused.stderr and "--replace-pin" in refused.stderr
+    assert stored_token(ledger, cid) == token
+
+    replaced = invoke(cli_env, "connections", "test", str(cid), "--trust", ftps_server.fingerprint, "--replace-pin")
+    assert replaced.exit_code == 0, replaced.stderr
+    assert f"certificate pin replaced: {old} -> {ftps_server.fingerprint}" in replaced.stdout
+    assert ledger.get_connection(cid).config["server_fingerprint"] == ftps_server.fingerprint
+
+
+def test_trust_on_a_connection_without_a_certificate_is_refused(plain_ftp_server, ledger, cli_env):
+    cid = add_connection(ledger, uuid.uuid4(), plain_ftp_server.config())
+    token = stored_token(ledger, cid)
+    result = invoke(cli_env, "connections", "test", str(cid), "--trust", "SHA256:" + "A" * 43)
+    assert result.exit_code == 2 and "nothing to pin" in result.stderr
+    assert stored_token(ledger, cid) == token and ledger.get_connection(cid).last_test_at is None

@@ -1,31 +1,25 @@
 """`dropzone connections …`: add, list, test, rotate-keys.
 
-Secrets never go on the command line (where ``ps`` and shell history would
-show them): a password, private key or key passphrase is read from a file
-(``--password-file``, ``--ssh-key-file``, ``--ssh-key-passphrase-file``) or,
-for one of them, from standard input (``-``). Like ssh itself, a secret file
-that group or others may read is refused, and so is a ``--config-file`` that
-holds a secret. Output shows secrets as ``***``.
+Secrets never go on the command line: they are read from files or standard
+input (``--password-file``, ``--ssh-key-file``, ``--ssh-key-passphrase-file``;
+see starter/cli/connection_input.py). Output shows secrets as ``***``. What
+``test`` shows and pins of the server (SSH host key, FTPS certificate) is
+starter/cli/hostkeys.py.
 """
 
 from __future__ import annotations
 
-import json
-import sys
-from pathlib import Path
 from typing import Any
 
 import typer
 
-from dropzone.connection_config import SECRET_FIELDS, FtpsConfig, SftpConfig, config_to_storable, redacted
+from dropzone.connection_config import config_to_storable, redacted
 from dropzone.connectors import DROPZONE_JSON_V1, default_registry
-from dropzone.errors import DropzoneError, InvalidConfigError
-from dropzone.secret_files import require_owner_only
+from dropzone.errors import DropzoneError
 from dropzone.settings import load_settings
 from starter.cli.common import (
     EXIT_FAILED,
     connections_app,
-    err,
     fail,
     handle_errors,
     open_ledger,
@@ -34,121 +28,17 @@ from starter.cli.common import (
     print_json,
     print_table,
 )
-from starter.cli.hostkeys import TRUST_HINT, approved_fingerprint, show_and_pin_host_key
-
-STDIN = "-"
-
-
-# --- reading input ----------------------------------------------------------------
-
-
-def _read_text(path: str, what: str) -> str:
-    if path == STDIN:
-        return sys.stdin.read()
-    try:
-        return Path(path).read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise InvalidConfigError(f"{what} {path} is not UTF-8 text") from None
-    except OSError as exc:
-        raise InvalidConfigError(f"cannot read {what} {path}: {exc.strerror}") from None
-
-
-def _read_secret_file(path: str, what: str) -> str:
-    """A secret from a file that only its owner may read (or from stdin)."""
-    if path != STDIN:
-        require_owner_only(path, what)
-    return _read_text(path, what)
-
-
-def _strip_line_end(text: str) -> str:
-    # `echo pw > file` adds a newline that is not part of the password.
-    return text[:-2] if text.endswith("\r\n") else text.removesuffix("\n")
-
-
-def _load_config_file(config_file: str) -> dict[str, Any]:
-    text = _read_text(config_file, "config file")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InvalidConfigError(
-            f"config file {config_file} is not valid JSON (line {exc.lineno}, column {exc.colno})"
-        ) from None
-    if not isinstance(data, dict):
-        raise InvalidConfigError(f"config file {config_file} must hold a JSON object")
-    if config_file != STDIN and any(data.get(name) for name in SECRET_FIELDS):
-        # A config without secrets (they come from --password-file etc.) may be shared.
-        require_owner_only(config_file, "config file")
-    return data
-
-
-def _flag_config(mode: str | None, flags: dict[str, Any]) -> dict[str, Any]:
-    if mode not in ("filesystem", "sftp"):
-        raise InvalidConfigError(
-            "give --config-file FILE, or --mode filesystem --export-path DIR, "
-            "or --mode sftp --host H --username U --export-path DIR with --password-file/--ssh-key-file"
-        )
-    data: dict[str, Any] = {"mode": mode}
-    data.update({k: v for k, v in flags.items() if v is not None})
-    return data
-
-
-def _check_ssh_key(config: Any, source: str | None) -> None:
-    """Load the key once now, so a wrong passphrase or format is found at `add`, not at 3 a.m."""
-    if not isinstance(config, SftpConfig) or config.ssh_key is None:
-        return
-    from dropzone.transports.sftp import load_private_key
-
-    passphrase = config.ssh_key_passphrase.get_secret_value() if config.ssh_key_passphrase else None
-    try:
-        load_private_key(config.ssh_key.get_secret_value(), passphrase)
-    except InvalidConfigError as exc:
-        where = f" in {source}" if source else ""
-        raise InvalidConfigError(f"{exc.message}{where}") from None
-
-
-def _warn_plaintext(config: Any) -> None:
-    if isinstance(config, FtpsConfig) and config.allow_insecure_plaintext:
-        err.print(f"[yellow]warning:[/] {config.label} is plain FTP (allow_insecure_plaintext): the password and "
-                  "every order cross the network unencrypted and the server is not verified", highlight=False)
-
-
-def _one_stdin_reader(
-    config_file: str | None, password_file: str | None, ssh_key_file: str | None, passphrase_file: str | None
-) -> None:
-    stdin_users = [
-        name
-        for name, value in (
-            ("--config-file", config_file),
-            ("--password-file", password_file),
-            ("--ssh-key-file", ssh_key_file),
-            ("--ssh-key-passphrase-file", passphrase_file),
-        )
-        if value == STDIN
-    ]
-    if len(stdin_users) > 1:
-        raise InvalidConfigError(f"only one of {', '.join(stdin_users)} can read standard input ('-')")
-
-
-def _apply_secret_files(
-    raw: dict[str, Any], password_file: str | None, ssh_key_file: str | None, passphrase_file: str | None
-) -> None:
-    if password_file is not None:
-        raw["password"] = _strip_line_end(_read_secret_file(password_file, "password file"))
-    if ssh_key_file is not None:
-        raw["ssh_key"] = _read_secret_file(ssh_key_file, "ssh key file")
-    if passphrase_file is not None:
-        raw["ssh_key_passphrase"] = _strip_line_end(_read_secret_file(passphrase_file, "ssh key passphrase file"))
-
-
-def _apply_webhook(raw: dict[str, Any], url: str | None, secret_file: str | None, *stdin_users: str | None) -> None:
-    """Status callbacks: ``--webhook-url`` and the ``whsec_…`` secret from ``--webhook-secret-file``."""
-    if secret_file == STDIN and STDIN in stdin_users:
-        raise InvalidConfigError("only one secret or config option can read standard input ('-')")
-    if url is not None:
-        raw["webhook_url"] = url
-    if secret_file is not None:
-        raw["webhook_secret"] = _read_secret_file(secret_file, "webhook secret file").strip()
-
+from starter.cli.connection_input import (
+    STDIN,
+    apply_secret_files,
+    apply_webhook,
+    check_ssh_key,
+    flag_config,
+    load_config_file,
+    one_stdin_reader,
+    warn_plaintext,
+)
+from starter.cli.hostkeys import TRUST_HINT, approved_fingerprint, show_and_pin, unvouched
 
 # --- commands ---------------------------------------------------------------------
 
@@ -191,7 +81,7 @@ def connections_add(
 ) -> None:
     """Add a connection; the config is validated, then stored encrypted."""
     org_id = parse_uuid(org, "--org")
-    _one_stdin_reader(config_file, password_file, ssh_key_file, ssh_key_passphrase_file)
+    one_stdin_reader(config_file, password_file, ssh_key_file, ssh_key_passphrase_file)
     flags = {
         "host": host,
         "port": port,
@@ -203,15 +93,15 @@ def connections_add(
         "file_mode": file_mode,
     }
     if config_file is not None:
-        raw = _load_config_file(config_file)
+        raw = load_config_file(config_file)
         raw.update({k: v for k, v in flags.items() if v is not None})
     else:
-        raw = _flag_config(mode, flags)
-    _apply_secret_files(raw, password_file, ssh_key_file, ssh_key_passphrase_file)
-    _apply_webhook(raw, webhook_url, webhook_secret_file, config_file, password_file, ssh_key_file, ssh_key_passphrase_file)
+        raw = flag_config(mode, flags)
+    apply_secret_files(raw, password_file, ssh_key_file, ssh_key_passphrase_file)
+    apply_webhook(raw, webhook_url, webhook_secret_file, config_file, password_file, ssh_key_file, ssh_key_passphrase_file)
     config = default_registry().get(connector_type).parse_config(raw)
-    _check_ssh_key(config, ssh_key_file if ssh_key_file not in (None, STDIN) else None)
-    _warn_plaintext(config)
+    check_ssh_key(config, ssh_key_file if ssh_key_file not in (None, STDIN) else None)
+    warn_plaintext(config)
     ledger = open_ledger(load_settings())
     try:
         summary = ledger.add_connection(org_id, connector_type, config_to_storable(config))
@@ -223,9 +113,9 @@ def connections_add(
         )
     else:
         out.print(f"connection {summary.id} added for org {org_id} ({connector_type})", highlight=False)
-        if isinstance(config, SftpConfig) and config.host_key is None:
+        if what := unvouched(config):
             out.print(
-                f"host key not pinned yet: run 'dropzone connections test {summary.id}', check the "
+                f"{what} not pinned yet: run 'dropzone connections test {summary.id}', check the "
                 f"fingerprint with the server's operator, then rerun with {TRUST_HINT}",
                 highlight=False,
             )
@@ -258,7 +148,7 @@ def connections_update(
 ) -> None:
     """Change a connection's config (e.g. rotated ERP credentials); validated, then stored encrypted."""
     cid = parse_uuid(connection_id, "connection")
-    _one_stdin_reader(config_file, password_file, ssh_key_file, ssh_key_passphrase_file)
+    one_stdin_reader(config_file, password_file, ssh_key_file, ssh_key_passphrase_file)
     config_options = (
         config_file, export_path, ack_path, poll_interval, password_file, ssh_key_file, ssh_key_passphrase_file,
         webhook_url, webhook_secret_file,
@@ -272,16 +162,16 @@ def connections_update(
         record = ledger.get_connection(cid)
         raw = dict(record.config)
         if config_file is not None:
-            raw.update(_load_config_file(config_file))
+            raw.update(load_config_file(config_file))
         flags = {"export_path": export_path, "ack_path": ack_path, "poll_interval_seconds": poll_interval}
         raw.update({k: v for k, v in flags.items() if v is not None})
-        _apply_secret_files(raw, password_file, ssh_key_file, ssh_key_passphrase_file)
-        _apply_webhook(
+        apply_secret_files(raw, password_file, ssh_key_file, ssh_key_passphrase_file)
+        apply_webhook(
             raw, webhook_url, webhook_secret_file, config_file, password_file, ssh_key_file, ssh_key_passphrase_file
         )
         config = default_registry().get(record.connector_type).parse_config(raw)
-        _check_ssh_key(config, ssh_key_file if ssh_key_file not in (None, STDIN) else None)
-        _warn_plaintext(config)
+        check_ssh_key(config, ssh_key_file if ssh_key_file not in (None, STDIN) else None)
+        warn_plaintext(config)
         ledger.update_connection_config(cid, config_to_storable(config))
     finally:
         ledger.dispose()
@@ -345,16 +235,14 @@ def connections_test(
     connection_id: str = typer.Argument(..., help="Connection UUID."),
     trust: str | None = typer.Option(
         None, "--trust", metavar="SHA256:…",
-        help="Pin the server's host key if its fingerprint is this one (the one its operator confirmed).",
+        help="Pin the server's SSH host key or FTPS certificate if its fingerprint is this one (the one its operator confirmed).",
     ),
     replace_pin: bool = typer.Option(
         False, "--replace-pin", help="With --trust: replace an existing, different pin."
     ),
     json_output: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Write and delete a probe file in the dropzone; show the SFTP host key."""
-    from dropzone.transports.sftp import fetch_host_key
-
+    """Write and delete a probe file in the dropzone; show the SFTP host key or the FTPS certificate."""
     cid = parse_uuid(connection_id, "connection")
     approved = approved_fingerprint(trust, replace_pin)
     ledger = open_ledger(load_settings())
@@ -363,11 +251,9 @@ def connections_test(
     try:
         record = ledger.get_connection(cid)
         connector = registry.get(record.connector_type)
-        config = connector.parse_config(record.config)
-        if isinstance(config, SftpConfig):
-            config = show_and_pin_host_key(
-                ledger, cid, config, approved, replace_pin, report, json_output, fetch_host_key
-            )
+        config = show_and_pin(
+            ledger, cid, connector.parse_config(record.config), approved, replace_pin, report, json_output
+        )
         try:
             result = connector.test_connection(config)
         except DropzoneError:

@@ -1,21 +1,25 @@
-"""SFTP host keys for `dropzone connections test`: show the server's key, pin only an approved one.
+"""Server identities for `dropzone connections test`: show what the server presents, pin only an approved one.
 
-``--trust SHA256:…`` names the fingerprint the operator checked with the
-server's operator. The key is fetched without authenticating and pinned only
-when its fingerprint is that one: a man in the middle who appears between the
-operator's first look and the ``--trust`` run presents another key, gets
-nothing pinned and never sees a credential (the probe that follows logs in only
-against the pin). An existing, different pin is replaced only with
-``--replace-pin``.
+One path for both kinds: an SFTP server's host key and an FTPS server's
+certificate. ``--trust SHA256:…`` names the fingerprint the operator checked with
+the server's operator. The key or certificate is fetched without logging in and
+pinned only when its fingerprint is that one: a man in the middle who appears
+between the operator's first look and the ``--trust`` run presents another one,
+gets nothing pinned and never sees a credential (the probe that follows logs in
+only against the pin). An existing, different pin is replaced only with
+``--replace-pin``. A connection nothing vouches for (no pin; for FTPS, no
+``ca_bundle`` either) is refused until it is pinned.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from dropzone.connection_config import SftpConfig, config_to_storable, validate_host_key_pin
+from dropzone.connection_config import FtpsConfig, SftpConfig, config_to_storable, validate_host_key_pin
 from dropzone.errors import InvalidConfigError
 from starter.cli.common import fail, out, print_json
 
@@ -55,33 +59,64 @@ def pin_fingerprint(pin: str) -> str:
     return pin.rstrip("=") if pin.startswith("SHA256:") else _fingerprint_of_line(pin)
 
 
-def show_and_pin_host_key(
-    ledger: Any,
-    cid: Any,
-    config: SftpConfig,
-    approved: str | None,
-    replace_pin: bool,
-    report: dict[str, Any],
-    json_output: bool,
-    fetch_host_key: Any,
-) -> SftpConfig:
-    """Print the server's key; pin it if it is the approved one; refuse to go on without a pin."""
-    key_type, fingerprint, public_line = fetch_host_key(
-        config.host, config.port, config.connect_timeout_seconds, legacy_algorithms=tuple(config.legacy_algorithms)
-    )
-    line = known_hosts_line(config.host, config.port, public_line)
-    pinned = pin_fingerprint(config.host_key) if config.host_key else None
-    report["host_key"] = {"type": key_type, "fingerprint": fingerprint, "known_hosts": line}
-    report["pinned_fingerprint"] = pinned
-    if not json_output:
-        out.print(f"host key of {config.host}:{config.port}: {key_type} {fingerprint}", highlight=False)
-        out.print(f"known_hosts: {line}", highlight=False)
-        if pinned is not None and pinned != fingerprint:
-            # A fingerprint pin may name another of the server's keys (RSA vs
-            # ed25519): the probe below checks the pin against all of them.
-            out.print(f"pinned: {pinned} (not the key shown above; the probe checks the pin)", highlight=False)
-        elif pinned is not None:
-            out.print("pinned: yes (matches)", highlight=False)
+@dataclass(frozen=True)
+class Presented:
+    """What a server presents (fetched without logging in) and how the connection pins it."""
+
+    what: str  # "host key" or "certificate"
+    short: str  # "key" or "certificate"
+    report_key: str  # its entry in the --json report
+    fingerprint: str
+    shown: dict[str, str]  # that entry
+    lines: tuple[str, ...]  # what the operator reads
+    pinned: str | None  # the fingerprint the connection pins now
+    pin: Callable[[], Any]  # the config, pinning what was presented
+
+
+def unvouched(config: Any) -> str | None:
+    """What is not yet vouched for ("host key", "certificate"): no pin, and for FTPS no ``ca_bundle``
+    either (whose chain check would vouch); None when something does, or there is nothing to check."""
+    if isinstance(config, SftpConfig) and config.host_key is None:
+        return "host key"
+    if isinstance(config, FtpsConfig) and not (config.allow_insecure_plaintext or config.ca_bundle or config.server_fingerprint):
+        return "certificate"
+    return None
+
+
+def presented_by(config: Any) -> Presented | None:
+    """Fetch the SFTP host key or the FTPS certificate; None for a dropzone without one."""
+    if isinstance(config, SftpConfig):
+        from dropzone.transports.sftp import fetch_host_key
+
+        key_type, fingerprint, public_line = fetch_host_key(
+            config.host, config.port, config.connect_timeout_seconds, legacy_algorithms=tuple(config.legacy_algorithms)
+        )
+        line = known_hosts_line(config.host, config.port, public_line)
+        return Presented(
+            what="host key", short="key", report_key="host_key", fingerprint=fingerprint,
+            shown={"type": key_type, "fingerprint": fingerprint, "known_hosts": line},
+            lines=(f"host key of {config.host}:{config.port}: {key_type} {fingerprint}", f"known_hosts: {line}"),
+            pinned=pin_fingerprint(config.host_key) if config.host_key else None,
+            pin=lambda: config.model_copy(update={"host_key": public_line}),
+        )
+    if isinstance(config, FtpsConfig) and not config.allow_insecure_plaintext:
+        from dropzone.transports.ftps import fetch_certificate_fingerprint
+
+        fingerprint = fetch_certificate_fingerprint(config)
+        return Presented(
+            what="certificate", short="certificate", report_key="certificate", fingerprint=fingerprint,
+            shown={"fingerprint": fingerprint},
+            lines=(f"certificate of {config.host}:{config.port}: {fingerprint}",),
+            pinned=config.server_fingerprint,
+            pin=lambda: config.model_copy(update={"server_fingerprint": fingerprint}),
+        )
+    return None
+
+
+def show_and_pin(
+    ledger: Any, cid: Any, config: Any, approved: str | None, replace_pin: bool, report: dict[str, Any], json_output: bool
+) -> Any:
+    """Print what the server presents; pin it if it is the approved one; refuse to go on when nothing vouches for it."""
 
     def refuse(detail: str) -> Exception:
         ledger.record_connection_test(cid, False)
@@ -90,30 +125,48 @@ def show_and_pin_host_key(
             print_json(report)
         return fail(detail)
 
-    if approved is None:
-        if pinned is None:
-            raise refuse(f"host key not trusted yet: check the fingerprint above, then rerun with {TRUST_HINT}")
+    presented = presented_by(config)
+    if presented is None:
+        if approved is not None:
+            raise fail(f"connection {cid} ({config.label}) presents no host key or certificate: there is nothing to pin")
         return config
-    where = f"{config.host}:{config.port}"
+    what, fingerprint, pinned = presented.what, presented.fingerprint, presented.pinned
+    report[presented.report_key] = presented.shown
+    report["pinned_fingerprint"] = pinned
+    if not json_output:
+        for text in presented.lines:
+            out.print(text, highlight=False)
+        if pinned is not None and pinned != fingerprint:
+            # A fingerprint pin may name another of an SSH server's keys (RSA vs
+            # ed25519): the probe below checks the pin against all of them.
+            out.print(f"pinned: {pinned} (not the {presented.short} shown above; the probe checks the pin)", highlight=False)
+        elif pinned is not None:
+            out.print("pinned: yes (matches)", highlight=False)
+
+    if approved is None:
+        if unvouched(config):
+            raise refuse(f"{what} not trusted yet: check the fingerprint above, then rerun with {TRUST_HINT}")
+        return config
     if approved != fingerprint:
         raise refuse(
-            f"host key of {where} is {fingerprint}, not the approved {approved}: nothing pinned, no credentials sent"
+            f"{what} of {config.host}:{config.port} is {fingerprint}, not the approved {approved}: "
+            "nothing pinned, no credentials sent"
         )
     if pinned == fingerprint:
         if not json_output:
-            out.print("host key already pinned", highlight=False)
+            out.print(f"{what} already pinned", highlight=False)
         return config
     if pinned is not None and not replace_pin:
         raise refuse(
             f"connection {cid} already pins {pinned}, not {fingerprint}: nothing changed; "
             "rerun with --replace-pin to replace the pin"
         )
-    config = config.model_copy(update={"host_key": public_line})
+    config = presented.pin()
     ledger.update_connection_config(cid, config_to_storable(config))
     report["pinned_fingerprint"] = fingerprint
     if pinned is not None:
         report["replaced_pin"] = pinned
     if not json_output:
-        message = f"host key pin replaced: {pinned} -> {fingerprint}" if pinned else f"host key pinned: {fingerprint}"
+        message = f"{what} pin replaced: {pinned} -> {fingerprint}" if pinned else f"{what} pinned: {fingerprint}"
         out.print(message, highlight=False)
     return config
