@@ -26,14 +26,9 @@ from dropzone.ledger import Ledger, migrate
 from dropzone.object_store import ObjectStore
 from starter.codec import generate_key as generate_payload_key
 from tests.fixtures.postgres import _EmbeddedPostgres, create_database
-from tests.fixtures.servers import (
-    ClientKeys,
-    SeaweedInfo,
-    SftpServerInfo,
-    _keygen,
-    _OpenSshServer,
-    _Seaweed,
-)
+from tests.fixtures.seaweedfs import SeaweedInfo, _Seaweed
+from tests.fixtures.sftp_common import ClientKeys, SftpServerInfo, _keygen
+from tests.fixtures.sshd import _OpenSshServer
 
 
 def client_keys(directory: Path) -> ClientKeys:

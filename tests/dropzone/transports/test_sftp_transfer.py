@@ -14,7 +14,7 @@ import pytest
 from dropzone import errors
 from tests.dropzone.transports._sftp import connect, deliver
 from tests.dropzone.transports._util import body_of
-from tests.fixtures.servers import READONLY_DIR
+from tests.fixtures.asyncssh_server import READONLY_DIR
 
 
 def test_permission_denied(sftp_server):
