@@ -6,7 +6,9 @@ there: ``error_<file>`` pointing at a file the worker may read, ``processed`` or
 one and checks real outcomes: the target was never opened (inotify sees every
 open, by this process or by the sshd serving SFTP), nothing appeared outside
 the dropzone, no export changed, and the link is in ``erp_ack_rejection`` with
-a reason. Real ledger (PostgreSQL), real directory, real OpenSSH sshd.
+a reason. Real ledger (PostgreSQL), real directory, real OpenSSH sshd. Over FTPS the
+server resolves links itself, so what is checked there is what FTPS guarantees: nothing
+outside the FTP user's root is read or written through one (real pyftpdlib server).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from activities.acks import AckActivities
 from dropzone import naming
 from dropzone.connection_config import parse_connection_config
 from dropzone.connectors import default_registry
-from dropzone.errors import UnsafePathError
+from dropzone.errors import AckNotYetAvailable, DropzoneError, UnsafePathError
 from dropzone.ledger import ExportRecord, Ledger
 from dropzone.connectors import open_dropzone
 from tests.conftest import Target, make_target
@@ -259,3 +261,41 @@ def test_move_ack_refuses_a_folder_link_that_appeared_after_the_listing(target, 
             dz.move_ack(found.name, folder)
     assert refused.value.path == f"{target.config['ack_path']}/{folder}"
     assert ack.read_bytes() == b"{}" and list(outside.iterdir()) == []
+
+
+# --- FTPS: the server resolves links, confined to the FTP user's root -----------------------
+
+
+def test_ftps_never_reads_or_writes_outside_the_ftp_root_through_a_planted_link(ftps_server, tmp_path):
+    """An FTP server follows links itself and MLSD shows a link as what it points at, so the
+    client cannot refuse links the way it does over SFTP; what holds is the server's confinement
+    to the FTP user's root (README, FTPS dropzones). Links to the outside of that root: nothing
+    read, nothing written, nothing moved there."""
+    raw = ftps_server.config()
+    export_dir, ack_dir = ftps_server.local_path(raw["export_path"]), ftps_server.local_path(raw["ack_path"])
+    outside = tmp_path / "outside"  # not below ftps_server.root
+    outside.mkdir()
+    secret = tmp_path / "secret.json"
+    secret.write_bytes(json.dumps({**error_body("STOLEN"), "message": SENTINEL}).encode())
+    watch = OpenWatch(secret)
+    body, filename = b'{"order": 1}\n', "sales_order_deadbeef_20250101_000000_cafebabe.json"
+    token = naming.execution_token(2, "abc")
+    (export_dir / naming.tmp_name(filename, token)).symlink_to(secret)
+    (ack_dir / f"error_{filename}").symlink_to(secret)
+    (ack_dir / f"ack_{filename}").write_bytes(b"{}")
+    (ack_dir / "processed").symlink_to(outside, target_is_directory=True)
+    with open_dropzone(parse_connection_config(raw)) as dz:
+        with pytest.raises(DropzoneError):  # STOR through the link: refused by the server
+            dz.deliver(filename, [body], size=len(body), sha256=sha256_of(body), token=token)
+        (export_dir / naming.tmp_name(filename, token)).unlink()
+        (export_dir / filename).symlink_to(secret)
+        with pytest.raises(DropzoneError):  # a link at the final name is not replaced
+            dz.deliver(filename, [body], size=len(body), sha256=sha256_of(body), token="r1xabc")
+        with pytest.raises(AckNotYetAvailable):  # listed (by its target's size), never read
+            dz.read_ack(f"error_{filename}", max_bytes=1000)
+        with pytest.raises(DropzoneError):  # processed/ leads outside: the move is refused
+            dz.move_ack(f"ack_{filename}", "processed")
+    assert watch.events() == 0, "the link's target was opened"
+    assert SENTINEL in secret.read_text() and list(outside.iterdir()) == []
+    assert (export_dir / filename).is_symlink() and (ack_dir / f"ack_{filename}").read_bytes() == b"{}"
+    watch.close()
