@@ -46,6 +46,12 @@ from workflows import policies
 
 USER_AGENT = "orderflow-dropzone-webhooks/1"
 TARGET_CACHE_SECONDS = 10.0
+# A healthy receiver answers in milliseconds, and the local tries' threads serve hundreds a
+# second: a try that waits longer for one is left to the regular activity.
+AT_CLOSE_SLOT_WAIT_SECONDS = 0.5
+# After a local try failed, the connection's callbacks go straight to the regular activity
+# for this long, so that a receiver that hangs holds closing runs' workflow tasks only once.
+AT_CLOSE_PAUSE_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -75,9 +81,11 @@ class WebhookActivities:
     ) -> None:
         self._request_timeout_seconds = request_timeout.total_seconds()
         self._local_timeout_seconds = local_timeout.total_seconds()
-        # The threads of send_webhook_at_close (it runs in the exports' worker), one slot each.
+        # The threads of send_webhook_at_close (it runs in the exports' worker), one slot each,
+        # and when a connection whose local try failed may be tried that way again.
         self._at_close = ThreadPoolExecutor(max_workers=max_in_flight, thread_name_prefix="webhooks-at-close")
-        self._at_close_slots = threading.BoundedSemaphore(max_in_flight)
+        self._at_close_slots = asyncio.Semaphore(max_in_flight)
+        self._at_close_resumes: dict[UUID, float] = {}
         self._events = WebhookEvents(ledger)
         self._ledger = ledger
         self._targets: dict[UUID, _Target] = {}
@@ -104,15 +112,32 @@ class WebhookActivities:
     async def send_webhook_at_close(self, delivery: WebhookDelivery) -> WebhookDeliveryOutcome:
         """One try of a closing run's callback, as a local activity in its last workflow task.
 
-        It runs in the exports' worker, on threads of its own, with a short request timeout:
-        a receiver that is slow or hangs holds at most ``max_in_flight`` of these threads
-        (and as many closing runs' workflow tasks) for ``local_timeout``, and with every
-        thread busy a try is declined at once. PENDING (with the tries made, 0 or 1) means
-        the regular ``send_webhook`` takes the event over.
+        It runs in the exports' worker, on threads of its own, with a short request timeout,
+        so that a slow receiver holds a closing run's workflow task for seconds at most, and
+        never a thread an export's activity needs. It declines (nothing sent) when every
+        thread stays busy for ``AT_CLOSE_SLOT_WAIT_SECONDS`` and, for ``AT_CLOSE_PAUSE_SECONDS``,
+        for a connection whose last local try failed. PENDING (with the tries made, 0 or 1)
+        means the regular ``send_webhook`` takes the event over.
         """
-        if not self._at_close_slots.acquire(blocking=False):
+        connection_id = delivery.erp_connection_id
+        if self._at_close_resumes.get(connection_id, 0.0) > time.monotonic():
             return _not_delivered(delivery, tries=0)
-        return await asyncio.get_running_loop().run_in_executor(self._at_close, self._try_at_close, delivery)
+        try:
+            async with asyncio.timeout(AT_CLOSE_SLOT_WAIT_SECONDS):
+                await self._at_close_slots.acquire()
+        except TimeoutError:
+            return _not_delivered(delivery, tries=0)
+        delivered = False
+        try:
+            outcome = await asyncio.get_running_loop().run_in_executor(self._at_close, self._try_at_close, delivery)
+            delivered = outcome.status == "DELIVERED"
+            return outcome
+        finally:
+            self._at_close_slots.release()
+            if delivered:
+                self._at_close_resumes.pop(connection_id, None)
+            else:
+                self._at_close_resumes[connection_id] = time.monotonic() + AT_CLOSE_PAUSE_SECONDS
 
     @translate_errors
     def _try_at_close(self, delivery: WebhookDelivery) -> WebhookDeliveryOutcome:
@@ -122,8 +147,6 @@ class WebhookActivities:
             if exc.code != WEBHOOK_UNDELIVERED:
                 raise
             return _not_delivered(delivery, tries=1)  # recorded as the first try
-        finally:
-            self._at_close_slots.release()
 
     def _post(self, delivery: WebhookDelivery, tries: int, timeout_seconds: float) -> WebhookDeliveryOutcome:
         event = delivery.event

@@ -2,9 +2,10 @@
 
 Real PostgreSQL ledger and a real HTTP receiver on 127.0.0.1: a try that gets no answer
 ends after the short local timeout and is recorded as the first try; while its one
-thread is taken, the next try is declined at once (nothing sent, nothing recorded), so
-a hanging receiver holds one closing run's workflow task, never more. Either way the
-regular ``send_webhook`` takes over (tests/test_webhooks_queue.py).
+thread is taken, the next try is declined (nothing sent, nothing recorded), and so are
+the connection's next ones for a while, so a hanging receiver holds a closing run's
+workflow task once, not every time. Either way the regular ``send_webhook`` takes over
+(tests/test_webhooks_queue.py).
 """
 
 from __future__ import annotations
@@ -35,30 +36,32 @@ def sent_event(target: Target) -> WebhookDelivery:
     return WebhookDelivery(erp_connection_id=target.connection_id, org_id=target.org_id, event=event)
 
 
-async def test_a_hanging_receiver_holds_one_local_try_and_the_next_is_declined(ledger: Ledger, fs_target: Target):
+async def test_a_hanging_receiver_holds_one_local_try_and_the_next_ones_are_declined(ledger: Ledger, fs_target: Target):
     receiver = Receiver().start()
     receiver.answering.clear()  # every request hangs
     with_webhook(ledger, fs_target, receiver.url)
-    activities = WebhookActivities(ledger, max_in_flight=1, local_timeout=timedelta(seconds=1))
-    first, second = sent_event(fs_target), sent_event(fs_target)
+    activities = WebhookActivities(ledger, max_in_flight=1, local_timeout=timedelta(seconds=5))
+    first, second, third = sent_event(fs_target), sent_event(fs_target), sent_event(fs_target)
     try:
         hanging = asyncio.create_task(activities.send_webhook_at_close(first))
         await eventually(lambda: len(receiver.received()) == 1, timeout=30, what="the first try reached the receiver")
-        declined = await activities.send_webhook_at_close(second)
+        busy = await activities.send_webhook_at_close(second)  # its one thread is taken
         assert not hanging.done()  # declined while the first still waits for its answer
         timed_out = await asyncio.wait_for(hanging, 30)
+        paused = await activities.send_webhook_at_close(third)  # the thread is free, the connection paused
     finally:
         receiver.answering.set()
         receiver.stop()
         activities.close()
-    assert (declined.status, declined.delivery_attempts) == ("PENDING", 0)
+    assert (busy.status, busy.delivery_attempts) == ("PENDING", 0)
     assert (timed_out.status, timed_out.delivery_attempts) == ("PENDING", 1)
-    assert len(receiver.received()) == 1  # the declined one was not sent
+    assert (paused.status, paused.delivery_attempts) == ("PENDING", 0)
+    assert len(receiver.received()) == 1  # the declined ones were not sent
     events = WebhookEvents(ledger)
-    assert events.for_draft(second.event.draft_order_id) == []
+    assert events.for_draft(second.event.draft_order_id) == events.for_draft(third.event.draft_order_id) == []
     [row] = events.for_draft(first.event.draft_order_id)
     assert (str(row.status), row.delivery_attempts) == ("PENDING", 1)
-    assert "no answer within 1 s" in (row.last_error or "")
+    assert "no answer within 5 s" in (row.last_error or "")
 
 
 async def test_a_receiver_that_answers_gets_the_event_from_the_local_try(ledger: Ledger, fs_target: Target):
