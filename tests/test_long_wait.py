@@ -250,7 +250,9 @@ async def test_late_error_keeps_it_failed_with_the_erps_error_and_a_retry_still_
             row = await ledger_row(ledger, first.export_id, lambda r: r.answered_late)
             assert row.status == "FAILED" and row.error_json["code"] == "INVALID_CUSTOMER"
             assert row.error_json["late_ack"] is True and row.erp_order_id is None
-            assert (target.ack_dir / "processed" / f"error_{first.filename}").is_file()
+            # Recorded first, then moved (a crash between the two re-finds a recorded answer).
+            moved = target.ack_dir / "processed" / f"error_{first.filename}"
+            await eventually(moved.is_file, what=f"{moved} to appear")
 
             # The ERP said no, so a retry is safe: a new attempt, a new file.
             await retry_export(client, did, reason="customer fixed")
@@ -297,7 +299,9 @@ async def test_retry_cancels_the_late_poll_and_the_sweep_records_the_old_attempt
             # Attempt 1's ack comes now: the run waits for attempt 2's; the listener records it.
             write_old_ack(target.ack_dir, f"ack_{first.filename}", ack_body("SO-FIRST-LATE"))
             row = await ledger_row(ledger, first.export_id, lambda r: r.status == "ACKED")
-            assert (target.ack_dir / "processed" / f"ack_{first.filename}").is_file()
+            # Recorded first, then moved (a crash between the two re-finds a recorded answer).
+            moved = target.ack_dir / "processed" / f"ack_{first.filename}"
+            await eventually(moved.is_file, what=f"{moved} to appear")
 
             write_ack_atomically(target.ack_dir, f"ack_{second.filename}", ack_body("SO-SECOND"))
             result = await asyncio.wait_for(export_handle(client, did).result(), 60)
