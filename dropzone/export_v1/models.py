@@ -196,8 +196,10 @@ class SourceDocument(BaseModel):
 
 
 class DraftOrder(BaseModel):
-    """An approved draft. Built by ``validate_draft`` (dropzone/export_v1/pipeline.py),
-    which also checks that every ``line_no`` is used once."""
+    """An approved sales-order draft; every ``line_no`` is used once."""
+
+    # Built by ``validate_draft`` (pipeline.py), which also checks the line numbers;
+    # this docstring is the API's description of the schema (docs/openapi.json).
 
     model_config = _MODEL_CONFIG
 
