@@ -217,16 +217,16 @@ class ExportActivities:
         # it names the attempt, so a retry can sweep what a killed one left.
         attempt = activity.info().attempt
         token = naming.execution_token(attempt, uuid.uuid4().hex[:12])
-        result = connector.export(
-            config,
-            filename=record.filename,
-            chunks=self._store.iter_chunks(record.export_storage_key),
-            size=record.size_bytes,
-            sha256=record.sha256,
-            token=token,
-            progress=_Heartbeats(),
-            attempt=attempt,
-        )
+        with connector.session(config) as dropzone:
+            result = dropzone.deliver(
+                record.filename,
+                self._store.iter_chunks(record.export_storage_key),
+                size=record.size_bytes,
+                sha256=record.sha256,
+                token=token,
+                progress=_Heartbeats(),
+                attempt=attempt,
+            )
         sent = self._ledger.mark_sent(record.id, dropzone_path=result.path)
         return DeliveryOutcome(
             export_id=record.id,

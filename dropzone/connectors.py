@@ -14,7 +14,7 @@ and never know which transport is behind one.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
@@ -24,7 +24,7 @@ from dropzone.connection_config import (
     SftpConfig,
     parse_connection_config,
 )
-from dropzone.delivery import DeliveryResult, Dropzone, ProbeResult
+from dropzone.delivery import Dropzone, ProbeResult
 from dropzone.errors import InvalidConfigError
 from dropzone.export_v1 import EXPORT_FORMAT_VERSION
 from dropzone.transports.base import Transport
@@ -67,28 +67,15 @@ class ERPConnectorPort(Protocol):
         """A short label for summaries and tables; never a credential."""
         ...
 
-    def export(
-        self,
-        config: ConnectorConfig,
-        *,
-        filename: str,
-        chunks: Iterable[bytes],
-        size: int,
-        sha256: str,
-        token: str,
-        progress: Callable[[int], None] | None = None,
-        attempt: int = 1,
-    ) -> DeliveryResult: ...
-
     def session(self, config: ConnectorConfig) -> AbstractContextManager[Dropzone]:
-        """An open dropzone session, for ack handling."""
+        """An open dropzone session (a context manager): delivery, acks, probing."""
         ...
 
     def test_connection(self, config: ConnectorConfig) -> ProbeResult: ...
 
 
 class DropzoneJsonV1Connector:
-    """orderflow_export_json_v1 files dropped into an SFTP or filesystem dropzone."""
+    """orderflow_export_json_v1 files dropped into an SFTP, FTPS or filesystem dropzone."""
 
     connector_type = DROPZONE_JSON_V1
     export_format_version = EXPORT_FORMAT_VERSION
@@ -106,23 +93,6 @@ class DropzoneJsonV1Connector:
     def session(self, config: ConnectorConfig) -> Dropzone:
         # SFTP connections come from the worker's pool (a handshake costs ~100 ms).
         return open_dropzone(config, pool=self._sftp_pool)
-
-    def export(
-        self,
-        config: ConnectorConfig,
-        *,
-        filename: str,
-        chunks: Iterable[bytes],
-        size: int,
-        sha256: str,
-        token: str,
-        progress: Callable[[int], None] | None = None,
-        attempt: int = 1,
-    ) -> DeliveryResult:
-        with self.session(config) as dropzone:
-            return dropzone.deliver(
-                filename, chunks, size=size, sha256=sha256, token=token, progress=progress, attempt=attempt
-            )
 
     def test_connection(self, config: ConnectorConfig) -> ProbeResult:
         with self.session(config) as dropzone:

@@ -42,7 +42,7 @@ from temporalio.api.enums.v1 import EventType, TimeoutType
 from temporalio.client import Client
 from temporalio.common import RetryPolicy
 
-from dropzone.connectors import DROPZONE_JSON_V1
+from dropzone.delivery import Dropzone
 from dropzone.export_v1 import render_export, validate_draft
 from dropzone.ledger import Ledger
 from dropzone.object_store import ObjectStore
@@ -188,14 +188,13 @@ def instrument(monkeypatch: pytest.MonkeyPatch, adapters: Adapters, executions: 
     Only the worker's own objects are wrapped (the bytes still come from S3
     and go to the real dropzone); the workflow sees nothing of it.
     """
-    connector = adapters.connectors.get(DROPZONE_JSON_V1)
-    real_export = connector.export
+    real_deliver = Dropzone.deliver
     real_iter_chunks = adapters.store.iter_chunks
 
-    def export(config: Any, *, filename: str, attempt: int = 1, **kwargs: Any) -> Any:
+    def deliver(self: Dropzone, filename: str, chunks: Any, *, attempt: int = 1, **kwargs: Any) -> Any:
         executions.begin(filename, attempt)
         try:
-            result = real_export(config, filename=filename, attempt=attempt, **kwargs)
+            result = real_deliver(self, filename, chunks, attempt=attempt, **kwargs)
         except BaseException as exc:
             executions.end(filename, attempt, type(exc).__name__)
             raise
@@ -218,7 +217,7 @@ def instrument(monkeypatch: pytest.MonkeyPatch, adapters: Adapters, executions: 
                 time.sleep(RACER_PIECE_SECONDS)
             yield piece
 
-    monkeypatch.setattr(connector, "export", export)
+    monkeypatch.setattr(Dropzone, "deliver", deliver)
     monkeypatch.setattr(adapters.store, "iter_chunks", iter_chunks)
 
 
