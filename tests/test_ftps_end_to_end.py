@@ -117,11 +117,15 @@ async def test_the_demos_orders_go_over_ftps_and_erp_sim_answers_them(
             )
     finally:
         sim.send_signal(signal.SIGINT)
+        # Wait for the exit, then read: a communicate() cut off by a timeout loses what
+        # it had read (its output is a few lines, far below a pipe's buffer).
         try:
-            out, err = await asyncio.wait_for(sim.communicate(), 30)
+            await asyncio.wait_for(sim.wait(), 90)
         except TimeoutError:
             sim.kill()
-            out, err = await sim.communicate()
+            await sim.wait()
+        assert sim.stdout is not None and sim.stderr is not None
+        out, err = await sim.stdout.read(), await sim.stderr.read()
 
     for draft_id, state in states.items():
         if draft_id == rejected["draft_order_id"]:
