@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,6 +16,12 @@ from dropzone.connectors import DROPZONE_JSON_V1
 from dropzone.ledger import Ledger
 from dropzone.object_store import ObjectStore
 from dropzone.transports.sftp import SftpConnectionPool
+
+# A suite started in the background by a non-interactive shell (`cmd &`) inherits SIGINT
+# ignored, and so would every process it starts: the Ctrl-C tests (dropzone dev, erp-sim)
+# need the default, as a terminal gives it.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 pytest_plugins = [
     "tests.fixtures.postgres",
