@@ -182,14 +182,19 @@ def build_worker(
     ``policies.webhook_max_in_flight`` slots and threads): a receiver that hangs never
     holds a slot an export needs. ``async with`` runs both.
     """
-    exports = ExportActivities(adapters.ledger, adapters.store, adapters.connectors)
+    webhooks = WebhookActivities(
+        adapters.ledger,
+        request_timeout=policies.webhook_request_timeout,
+        max_in_flight=policies.webhook_max_in_flight,
+        local_timeout=policies.webhook_local_timeout,
+    )
+    exports = ExportActivities(
+        adapters.ledger, adapters.store, adapters.connectors, sent_callback=webhooks.try_with_delivery
+    )
     acks = AckActivities(adapters.ledger, adapters.connectors)
     # The connection's ack listener hands answers over through this worker's client.
     listener = AckListenerActivities(
         adapters.ledger, adapters.connectors, client, acks, stale_tmp_age=policies.deliver_timeout
-    )
-    webhooks = WebhookActivities(
-        adapters.ledger, request_timeout=policies.webhook_request_timeout, max_in_flight=policies.webhook_max_in_flight
     )
     telemetry = TelemetryInterceptor(ExportOwners.from_ledger(adapters.ledger))
     return serve_task_queue(

@@ -11,7 +11,7 @@ import hashlib
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import IO, BinaryIO
 
 from temporalio import activity
@@ -22,20 +22,23 @@ from dropzone.connectors import ConnectorRegistry
 from dropzone.contracts import (
     AttemptInfo,
     AttemptStatus,
+    DeliverInput,
     DeliveryOutcome,
     DraftRef,
     DraftSummary,
-    ExportRef,
     MarkFailedInput,
     OpenAttemptInput,
     RenderInput,
     StoredExport,
+    WebhookDelivery,
+    WebhookDeliveryOutcome,
 )
 from dropzone.errors import InvalidConfigError, InvalidDraftError
 from dropzone.draft_files import MAX_DRAFT_BYTES
 from dropzone.export_v1 import DraftHead, DraftOrder, stream_validated_export
-from dropzone.ledger import Ledger
+from dropzone.ledger import ExportRecord, Ledger
 from dropzone.object_store import ObjectStore
+from dropzone.webhooks import EVENT_TYPE_FOR_STATUS, WebhookEvent, sent_event_id
 
 # Rendered exports up to this size stay in memory; larger ones spill to a temp
 # file so a 300,000-line order is never held whole several times.
@@ -108,11 +111,18 @@ def _with_heartbeats(chunks: Iterator[bytes], heartbeats: _Heartbeats) -> Iterat
         heartbeats(sent)
 
 
+# One try of a SENT callback made by deliver (WebhookActivities.try_with_delivery).
+SentCallback = Callable[[WebhookDelivery], WebhookDeliveryOutcome | None]
+
+
 class ExportActivities:
-    def __init__(self, ledger: Ledger, store: ObjectStore, connectors: ConnectorRegistry) -> None:
+    def __init__(
+        self, ledger: Ledger, store: ObjectStore, connectors: ConnectorRegistry, sent_callback: SentCallback | None = None
+    ) -> None:
         self._ledger = ledger
         self._store = store
         self._connectors = connectors
+        self._sent_callback = sent_callback
 
     def _fetch_draft_ref(self, draft_ref: str) -> bytearray:
         """The referenced draft's JSON, held once (never as one model per line)."""
@@ -206,7 +216,7 @@ class ExportActivities:
 
     @activity.defn
     @translate_errors
-    def deliver(self, ref: ExportRef) -> DeliveryOutcome:
+    def deliver(self, ref: DeliverInput) -> DeliveryOutcome:
         record = self._ledger.get_export(ref.export_id)
         if record.sha256 is None or record.size_bytes is None:
             raise InvalidConfigError(f"export {record.id} was never stored; cannot deliver")
@@ -234,6 +244,26 @@ class ExportActivities:
             already_present=result.already_present,
             size_bytes=result.size_bytes,
             sent_at=sent.sent_at,
+            sent_callback=self._send_sent_callback(sent) if ref.sent_callback else None,
+        )
+
+    def _send_sent_callback(self, sent: ExportRecord) -> WebhookDeliveryOutcome | None:
+        """The SENT callback, tried once here: with a receiver that answers, the workflow
+        needs no command for it (benchmarks/bench_webhooks.py). Only after the row says
+        SENT, so the event never runs ahead of the ledger."""
+        if self._sent_callback is None or sent.sent_at is None:
+            return None
+        event = WebhookEvent(
+            event_id=sent_event_id(sent.id),
+            type=EVENT_TYPE_FOR_STATUS["SENT"],
+            draft_order_id=sent.draft_order_id,
+            export_id=sent.id,
+            attempt=sent.attempt,
+            status="SENT",
+            occurred_at=sent.sent_at,
+        )
+        return self._sent_callback(
+            WebhookDelivery(erp_connection_id=sent.erp_connection_id, org_id=sent.org_id, event=event)
         )
 
     @activity.defn

@@ -116,17 +116,17 @@ class WebhookActivities:
         so that a slow receiver holds a closing run's workflow task for seconds at most, and
         never a thread an export's activity needs. It declines (nothing sent) when every
         thread stays busy for ``AT_CLOSE_SLOT_WAIT_SECONDS`` and, for ``AT_CLOSE_PAUSE_SECONDS``,
-        for a connection whose last local try failed. PENDING (with the tries made, 0 or 1)
-        means the regular ``send_webhook`` takes the event over.
+        for a connection whose last local try failed. PENDING (with the tries made so far,
+        ``tries_before`` included) means the regular ``send_webhook`` takes the event over.
         """
         connection_id = delivery.erp_connection_id
-        if self._at_close_resumes.get(connection_id, 0.0) > time.monotonic():
-            return _not_delivered(delivery, tries=0)
+        if self._paused(connection_id):
+            return _not_delivered(delivery, tries=delivery.tries_before)
         try:
             async with asyncio.timeout(AT_CLOSE_SLOT_WAIT_SECONDS):
                 await self._at_close_slots.acquire()
         except TimeoutError:
-            return _not_delivered(delivery, tries=0)
+            return _not_delivered(delivery, tries=delivery.tries_before)
         delivered = False
         try:
             outcome = await asyncio.get_running_loop().run_in_executor(self._at_close, self._try_at_close, delivery)
@@ -134,19 +134,46 @@ class WebhookActivities:
             return outcome
         finally:
             self._at_close_slots.release()
-            if delivered:
-                self._at_close_resumes.pop(connection_id, None)
-            else:
-                self._at_close_resumes[connection_id] = time.monotonic() + AT_CLOSE_PAUSE_SECONDS
+            self._note_local_try(connection_id, delivered)
+
+    def try_with_delivery(self, delivery: WebhookDelivery) -> WebhookDeliveryOutcome | None:
+        """One try of the SENT callback, in the deliver activity's own thread (activities/exports.py).
+
+        The same short request timeout and the same pause as the local try at close: a
+        receiver that hangs holds one delivery for ``webhook_local_timeout`` at most, and
+        that connection's next ones not at all. Never raises (the file is delivered
+        whatever happens here): None when the try itself could not be made or recorded;
+        PENDING means the workflow's queue takes the event over, counting this try.
+        """
+        connection_id = delivery.erp_connection_id
+        if self._paused(connection_id):
+            return None
+        try:
+            outcome = self._try_at_close(delivery)
+        except Exception as exc:  # the ledger or the connection's config: the queue retries it
+            activity.logger.warning("status callback %s not tried with the delivery: %s", delivery.event.event_id,
+                                    getattr(exc, "message", type(exc).__name__))
+            return None
+        self._note_local_try(connection_id, outcome.status == "DELIVERED")
+        return outcome
+
+    def _paused(self, connection_id: UUID) -> bool:
+        return self._at_close_resumes.get(connection_id, 0.0) > time.monotonic()
+
+    def _note_local_try(self, connection_id: UUID, delivered: bool) -> None:
+        if delivered:
+            self._at_close_resumes.pop(connection_id, None)
+        else:
+            self._at_close_resumes[connection_id] = time.monotonic() + AT_CLOSE_PAUSE_SECONDS
 
     @translate_errors
     def _try_at_close(self, delivery: WebhookDelivery) -> WebhookDeliveryOutcome:
         try:
-            return self._post(delivery, 1, self._local_timeout_seconds)
+            return self._post(delivery, delivery.tries_before + 1, self._local_timeout_seconds)
         except TransientError as exc:
             if exc.code != WEBHOOK_UNDELIVERED:
                 raise
-            return _not_delivered(delivery, tries=1)  # recorded as the first try
+            return _not_delivered(delivery, tries=delivery.tries_before + 1)  # recorded as a try
 
     def _post(self, delivery: WebhookDelivery, tries: int, timeout_seconds: float) -> WebhookDeliveryOutcome:
         event = delivery.event

@@ -10,13 +10,13 @@ last ``sent_at`` in the ledger: what the ERP sees. The run itself closes only on
 its callbacks are out, so "callbacks delivered too" (first start → last result) is
 reported as well, without a target.
 
-Two worker processes on task queues of their own: one as deployed (a closing run
-sends its callback as a local activity in its last workflow task,
-``Policies.webhook_local_at_close``) and one with that off (every callback a
-regular activity on the callbacks' queue: the code before it), so that both are
-measured in the same run, each burst alternating with the others. The worker
-processes are this module (``python -m benchmarks.bench_webhooks`` with
-BENCH_WEBHOOKS_WORKER set).
+Two worker processes on task queues of their own: one as deployed (the deliver
+activity sends the SENT callback itself once the file is published,
+``Policies.webhook_sent_with_delivery``) and one with that off (the SENT event goes
+through the run's queue: a local activity in the closing run's last workflow task,
+with its two patch markers; the code before it), so that both are measured in the
+same run, each burst alternating with the others. The worker processes are this
+module (``python -m benchmarks.bench_webhooks`` with BENCH_WEBHOOKS_WORKER set).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from dropzone.webhooks import new_secret
 from tests.helpers import make_draft
 
 MAX_SLOWDOWN = 0.05  # issue: at most 5 % lower throughput with a receiver configured
-WORKER_ENV = "BENCH_WEBHOOKS_WORKER"  # "at-close" (as deployed) or "activities" (the code before)
+WORKER_ENV = "BENCH_WEBHOOKS_WORKER"  # "deployed" or "queued" (the code before)
 WORKER_MODULE = "benchmarks.bench_webhooks"
 
 
@@ -115,21 +115,21 @@ async def webhook_rows(stack: Stack, config: WebhookBenchConfig) -> list[Row]:
                 {**stack.sftp_config(ack_path=None), "webhook_url": receiver.url, "webhook_secret": new_secret()},
             )
             hooked_template = make_draft(org_id=org_id, lines=config.draft_lines)
-            os.environ[WORKER_ENV] = "activities"
+            os.environ[WORKER_ENV] = "queued"
             async with Workers(stack, bench.client, bench.address, "real", 1, module=WORKER_MODULE) as before:
-                os.environ[WORKER_ENV] = "at-close"
+                os.environ[WORKER_ENV] = "deployed"
                 async with Workers(stack, bench.client, bench.address, "real", 1, module=WORKER_MODULE) as ours:
                     async def burst(name: str, n: int) -> Burst:
                         if name == "plain":
                             return await _burst(bench, ours.task_queue, bench.connection_id, bench.template, n)
                         sent = receiver.count
-                        queue = ours.task_queue if name == "at-close" else before.task_queue
+                        queue = ours.task_queue if name == "deployed" else before.task_queue
                         result = await _burst(bench, queue, hooked, hooked_template, n)
                         if receiver.count - sent != n:
                             raise RuntimeError(f"{receiver.count - sent} callbacks for {n} exports")
                         return result
 
-                    names = ["at-close", "activities", "plain"]
+                    names = ["deployed", "queued", "plain"]
                     for name in names:  # warm every path (imports, pools, the httpx client) before timing
                         await burst(name, min(20, config.burst))
                     measured: dict[str, list[Burst]] = {name: [] for name in names}
@@ -139,7 +139,7 @@ async def webhook_rows(stack: Stack, config: WebhookBenchConfig) -> list[Row]:
     finally:
         os.environ.pop(WORKER_ENV, None)
         receiver.close()
-    return _rows(config, measured["plain"], measured["at-close"], measured["activities"])
+    return _rows(config, measured["plain"], measured["deployed"], measured["queued"])
 
 
 def _rows(config: WebhookBenchConfig, plain: list[Burst], hooked: list[Burst], before: list[Burst]) -> list[Row]:
@@ -163,13 +163,13 @@ def _rows(config: WebhookBenchConfig, plain: list[Burst], hooked: list[Burst], b
             pair_ratios=[o / b for o, b in zip(ours, base, strict=True)],
         ),
         Row(
-            name=f"Burst of {config.burst} exports with a webhook receiver, every callback an activity: exports delivered",
+            name=f"Burst of {config.burst} exports with a webhook receiver, SENT through the run's queue: exports delivered",
             ours=Sample(old, "exports/s"),
             baseline=Sample(base, "exports/s"),
             baseline_name="same burst, no webhook",
             ratio=statistics.median(old) / statistics.median(base),
-            note="the code before the local try at close (Policies(webhook_local_at_close=False)), its own worker, "
-                 "same run (no target)",
+            note="the code before the SENT callback went out with the delivery (Policies(webhook_sent_with_delivery=False): "
+                 "a local activity at close), its own worker, same run (no target)",
             pair_ratios=[o / b for o, b in zip(old, base, strict=True)],
         ),
         Row(
@@ -185,11 +185,11 @@ def _rows(config: WebhookBenchConfig, plain: list[Burst], hooked: list[Burst], b
 
 
 def _worker() -> None:
-    """``worker.main()``, with or without the local try at close."""
+    """``worker.main()``, with or without the SENT callback sent by the deliver activity."""
     import worker
     from workflows.policies import Policies
 
-    worker.main(policies=Policies(webhook_local_at_close=os.environ[WORKER_ENV] == "at-close"))
+    worker.main(policies=Policies(webhook_sent_with_delivery=os.environ[WORKER_ENV] == "deployed"))
 
 
 if __name__ == "__main__":

@@ -173,12 +173,23 @@ class ExportRef(_Contract):
     export_id: UUID
 
 
+class DeliverInput(ExportRef):
+    """The deliver activity's input. ``sent_callback``: the connection has a webhook and the
+    workflow lets the activity send the SENT callback itself, once the file is published
+    (one try; see ``DeliveryOutcome.sent_callback``). Defaulted: older histories' inputs still read."""
+
+    sent_callback: bool = False
+
+
 class DeliveryOutcome(_Contract):
     export_id: UUID
     dropzone_path: str
     already_present: bool
     size_bytes: int
     sent_at: datetime | None = None
+    # The SENT callback's try inside the activity (None: not asked for, or not tried): the
+    # workflow queues the event only when this is not DELIVERED. Defaulted, like the input.
+    sent_callback: WebhookDeliveryOutcome | None = None
 
 
 class AckOutcome(_Contract):
@@ -306,3 +317,7 @@ class ScanResult(_Contract):
     swept_tmps: bool = False
     # The dropzone could not be listed (auth, permission, network, no ack_path): why.
     error: ErrorInfo | None = None
+
+
+# DeliveryOutcome names WebhookDeliveryOutcome, defined after it.
+DeliveryOutcome.model_rebuild()

@@ -23,7 +23,7 @@ import json
 from datetime import datetime
 from typing import Any, Literal
 from urllib.parse import urlsplit
-from uuid import UUID
+from uuid import UUID, uuid5
 
 from pydantic import BaseModel, ConfigDict
 
@@ -64,6 +64,12 @@ class WebhookEvent(BaseModel):
     def body(self) -> bytes:
         """The exact bytes that are sent and signed."""
         return json.dumps(self.model_dump(mode="json"), separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def sent_event_id(export_id: UUID) -> UUID:
+    """The SENT event's id, the same wherever it is sent from (an attempt is SENT once), so
+    that a receiver sees a try repeated by the workflow as the same event."""
+    return uuid5(export_id, "export.sent")
 
 
 def secret_bytes(secret: str) -> bytes:

@@ -24,6 +24,7 @@ from dropzone.contracts import (
     AckOutcome,
     AttemptInfo,
     AttemptStatus,
+    DeliverInput,
     DeliveryOutcome,
     EnsureListenerInput,
     ExportRef,
@@ -38,6 +39,7 @@ from dropzone.contracts import (
     WebhookDeliveryOutcome,
     WebhookGiveUp,
 )
+from dropzone.webhooks import WebhookEvent, sent_event_id
 from tests.helpers import make_draft
 from worker import WorkerGroup, serve_task_queue
 from workflows.export_order import ExportOrderWorkflow
@@ -52,7 +54,9 @@ class StubActivities:
     Deliveries of the attempts in ``failing_attempts`` fail for good; a callback
     fails while ``refuse(delivery, try)`` says so; an attempt waits for an ack
     when ``waits_for_ack`` (the ack listener stub declines, so the per-export
-    poll answers ACKED at once).
+    poll answers ACKED at once). With ``sends_with_delivery``, deliver makes the
+    SENT callback's first try itself when asked (``DeliverInput.sent_callback``);
+    without it, deliver never does, as before that existed.
     """
 
     def __init__(
@@ -61,12 +65,15 @@ class StubActivities:
         failing_attempts: set[int] | frozenset[int] = frozenset(),
         refuse: Callable[[WebhookDelivery, int], bool] = lambda delivery, try_number: False,
         waits_for_ack: bool = False,
+        sends_with_delivery: bool = False,
     ) -> None:
+        self.sends_with_delivery = sends_with_delivery
         self.failing_attempts = failing_attempts
         self.refuse = refuse
         self.waits_for_ack = waits_for_ack
         self.attempts: dict[uuid.UUID, int] = {}
         self.tries: list[tuple[str, int, bool, datetime]] = []  # (event type, attempt, delivered, when)
+        self.event_ids: list[uuid.UUID] = []  # of every try, in order
         self.given_up: list[WebhookGiveUp] = []
         self._lock = threading.Lock()
 
@@ -86,10 +93,24 @@ class StubActivities:
         return StoredExport(export_id=request.export_id, storage_key="k", sha256="0" * 64, size_bytes=1)
 
     @activity.defn(name="deliver")
-    def deliver(self, ref: ExportRef) -> DeliveryOutcome:
-        if self.attempts[ref.export_id] in self.failing_attempts:
+    def deliver(self, ref: DeliverInput) -> DeliveryOutcome:
+        attempt = self.attempts[ref.export_id]
+        if attempt in self.failing_attempts:
             raise ApplicationError("permission denied", type="PERMISSION_DENIED", non_retryable=True)
-        return DeliveryOutcome(export_id=ref.export_id, dropzone_path="/x", already_present=False, size_bytes=1)
+        sent_at, tried = datetime.now(UTC), None
+        if ref.sent_callback and self.sends_with_delivery:
+            event = WebhookEvent(
+                event_id=sent_event_id(ref.export_id), type="export.sent", draft_order_id=uuid.uuid4(),
+                export_id=ref.export_id, attempt=attempt, status="SENT", occurred_at=sent_at,
+            )
+            delivery = WebhookDelivery(erp_connection_id=uuid.uuid4(), org_id=uuid.uuid4(), event=event)
+            tried = WebhookDeliveryOutcome(
+                event_id=event.event_id, status="DELIVERED" if self._try(delivery, 1) else "PENDING", delivery_attempts=1
+            )
+        return DeliveryOutcome(
+            export_id=ref.export_id, dropzone_path="/x", already_present=False, size_bytes=1, sent_at=sent_at,
+            sent_callback=tried,
+        )
 
     @activity.defn(name="mark_failed")
     def mark_failed(self, request: MarkFailedInput) -> AttemptStatus:
@@ -107,6 +128,7 @@ class StubActivities:
         refused = self.refuse(delivery, try_number)
         with self._lock:
             self.tries.append((delivery.event.type, delivery.event.attempt, not refused, datetime.now(UTC)))
+            self.event_ids.append(delivery.event.event_id)
         return not refused
 
     @activity.defn(name="send_webhook")
@@ -118,9 +140,10 @@ class StubActivities:
 
     @activity.defn(name="send_webhook_at_close")
     async def send_webhook_at_close(self, delivery: WebhookDelivery) -> WebhookDeliveryOutcome:
-        delivered = self._try(delivery, 1)
+        tries = delivery.tries_before + 1
+        delivered = self._try(delivery, tries)
         return WebhookDeliveryOutcome(
-            event_id=delivery.event.event_id, status="DELIVERED" if delivered else "PENDING", delivery_attempts=1
+            event_id=delivery.event.event_id, status="DELIVERED" if delivered else "PENDING", delivery_attempts=tries
         )
 
     @activity.defn(name="give_up_webhook")

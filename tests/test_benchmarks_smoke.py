@@ -26,7 +26,7 @@ EXPECTED_ROWS = [
     "Burst of 10 exports, payload encryption on vs off",
     "One export alone, p50 start → result, payload encryption on vs off",
     "Burst of 10 exports with a webhook receiver: exports delivered",
-    "Burst of 10 exports with a webhook receiver, every callback an activity: exports delivered",
+    "Burst of 10 exports with a webhook receiver, SENT through the run's queue: exports delivered",
     "Burst of 10 exports with a webhook receiver: callbacks delivered too",
     "Waiting cost, 10 exports waiting (poll 5 s, 1 worker), CPU ms/s",
     "Waiting cost, 30 exports waiting (poll 5 s, 1 worker), CPU ms/s",

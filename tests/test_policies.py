@@ -122,6 +122,7 @@ async def test_the_short_policies_differ_from_production_in_every_field_under_te
         "listener_scan_timeout", "listener_scan_heartbeat_timeout", "listener_scan_retry",
         "listener_max_history_events", "stale_tmp_sweep_interval", "webhook_max_in_flight",
         "webhook_request_timeout", "webhook_local_timeout", "webhook_last_chance", "webhook_local_at_close",
+        "webhook_sent_with_delivery",
     }
     same = [name for name in compared if getattr(SHORT, name) == getattr(DEFAULT_POLICIES, name)]
     assert same == []

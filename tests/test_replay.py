@@ -57,6 +57,10 @@ async def test_history_fixtures_exist():
         # delivered at once, and refused then sent by the retried activity.
         "webhook_sent_at_close",
         "webhook_at_close_refused_then_retried",
+        # The SENT callback tried by deliver itself (tests/test_webhooks_with_delivery.py):
+        # delivered (no patch, no command), and refused then sent through the queue.
+        "webhook_sent_with_delivery",
+        "webhook_sent_with_delivery_refused_then_queued",
     } <= names
 
 

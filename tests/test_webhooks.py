@@ -32,7 +32,7 @@ from temporalio.worker import Replayer
 from dropzone.connection_config import config_to_storable, parse_connection_config
 from dropzone.ledger import Ledger
 from dropzone.ledger.webhooks import WebhookEvents
-from dropzone.webhooks import new_secret
+from dropzone.webhooks import new_secret, sent_event_id
 from starter.api import RetryRejected, export_handle, retry_export, start_export
 from tests.conftest import Target
 from tests.fixtures.temporal import TEST_DATA_CONVERTER
@@ -185,6 +185,13 @@ async def test_signed_events_arrive_in_order_and_verify(
     assert events[1]["status"] == "FAILED" and events[1]["error"]["code"] == "INVALID_CUSTOMER"
     assert events[4]["status"] == "ACKED" and events[4]["erp_order_id"] == "SO-HOOK-2" and events[4]["error"] is None
     assert len({e["event_id"] for e in events}) == 5
+    # Both SENT events went out from the deliveries themselves (DeliverInput.sent_callback), under the
+    # id every try of them shares; FAILED and the retry's start through the run's queue (activities);
+    # ACKED as the closing run's local activity.
+    assert [e["event_id"] for e in events if e["type"] == "export.sent"] == [str(sent_event_id(rows[a].id)) for a in (1, 2)]
+    scheduled = [e.activity_task_scheduled_event_attributes.activity_type.name for e in history.events
+                 if e.HasField("activity_task_scheduled_event_attributes")]
+    assert scheduled.count("send_webhook") == 2 and scheduled.count("deliver") == 2
     assert [e["occurred_at"] for e in events] == sorted(e["occurred_at"] for e in events)
     # Recorded: every event DELIVERED once, with the receiver's status; shown by `dropzone status`.
     recorded = WebhookEvents(ledger).for_draft(uuid.UUID(did))

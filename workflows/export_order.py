@@ -28,7 +28,7 @@ runs that were already waiting keep their per-export poll (``poll_ack``).
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import datetime, timedelta
 from uuid import UUID
 
 from temporalio import workflow
@@ -46,6 +46,8 @@ with workflow.unsafe.imports_passed_through():
         AckOutcome,
         AttemptInfo,
         CancelRequest,
+        DeliverInput,
+        DeliveryOutcome,
         DraftRef,
         DraftSummary,
         ErrorInfo,
@@ -59,6 +61,7 @@ with workflow.unsafe.imports_passed_through():
         RenderInput,
         RetryRequest,
         RetryResult,
+        WebhookDeliveryOutcome,
     )
     from dropzone.errors import ACK_TIMEOUT, RETRY_REJECTED, AckNotYetAvailable, DropzoneError
     from dropzone.export_v1 import validate_draft
@@ -259,9 +262,12 @@ class ExportOrderWorkflow(ListenerWait):
                 summary=f"render and store {attempt.storage_key}",
             )
             self._details(f"attempt {attempt.attempt}: delivering to {attempt.dropzone_label}")
-            await workflow.execute_activity_method(
+            delivered: DeliveryOutcome = await workflow.execute_activity_method(
                 ExportActivities.deliver,
-                ExportRef(export_id=attempt.export_id),
+                DeliverInput(
+                    export_id=attempt.export_id,
+                    sent_callback=attempt.webhook and self._policies.webhook_sent_with_delivery,
+                ),
                 start_to_close_timeout=self._policies.deliver_timeout,
                 heartbeat_timeout=self._policies.deliver_heartbeat_timeout,
                 schedule_to_close_timeout=self._policies.transient_give_up_after,
@@ -269,7 +275,7 @@ class ExportOrderWorkflow(ListenerWait):
                 summary=f"deliver {attempt.filename} to {attempt.dropzone_label}",
             )
             self._set_status("SENT")
-            self._emit("SENT")
+            self._emit("SENT", tried=delivered.sent_callback, occurred_at=delivered.sent_at)
             if not attempt.waits_for_ack:
                 self._waiting_for = "nothing"
                 self._details(f"attempt {attempt.attempt}: SENT (no ack path configured)")
@@ -351,16 +357,27 @@ class ExportOrderWorkflow(ListenerWait):
         self._status = status
         workflow.upsert_search_attributes([policies.SA_EXPORT_STATUS.value_set(status)])
 
-    def _emit(self, status: ExportStatusName) -> None:
-        """Queue the status callback of a transition of the current attempt (if it has a webhook)."""
+    def _emit(
+        self, status: ExportStatusName, tried: WebhookDeliveryOutcome | None = None, occurred_at: datetime | None = None
+    ) -> None:
+        """Queue the status callback of a transition of the current attempt (if it has a webhook).
+
+        ``tried``: the deliver activity's own try of the SENT callback (``DeliverInput.sent_callback``).
+        Delivered, it needs nothing here: no patch, no command. Not delivered, the queue sends
+        the same event (same id and time), counting that try. Histories recorded before it carry no
+        ``tried`` (``DeliveryOutcome``'s default), so they replay through the queue as they ran.
+        """
         attempt, summary, request = self._attempt, self._summary, self._request
         if attempt is None or not attempt.webhook or summary is None or request is None:
+            return
+        if tried is not None and tried.status == "DELIVERED":
             return
         # Only runs whose connection has a webhook issue the new commands.
         if not workflow.patched(WEBHOOK_PATCH):
             return
         event = WebhookEvent(
-            event_id=workflow.uuid4(),  # deterministic: the same id when the history replays
+            # workflow.uuid4() is deterministic: the same id when the history replays.
+            event_id=tried.event_id if tried is not None else workflow.uuid4(),
             type=EVENT_TYPE_FOR_STATUS[status],
             draft_order_id=summary.draft_order_id,
             export_id=attempt.export_id,
@@ -368,9 +385,9 @@ class ExportOrderWorkflow(ListenerWait):
             status=status,
             erp_order_id=self._erp_order_id if status == "ACKED" else None,
             error=self._last_error.to_json() if status == "FAILED" and self._last_error else None,
-            occurred_at=workflow.now(),
+            occurred_at=occurred_at if tried is not None and occurred_at is not None else workflow.now(),
         )
-        self._webhooks.push(request.erp_connection_id, summary.org_id, event)
+        self._webhooks.push(request.erp_connection_id, summary.org_id, event, tries_before=tried.delivery_attempts if tried else 0)
 
     def _details(self, text: str) -> None:
         workflow.set_current_details(text)

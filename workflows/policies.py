@@ -96,6 +96,10 @@ class Policies:
     webhook_local_at_close: bool = True
     # That try's request timeout: a slower receiver gets the event from the regular activity.
     webhook_local_timeout: timedelta = timedelta(seconds=2)
+    # The deliver activity sends the SENT callback itself, one try with the same timeout,
+    # once the file is published (activities/exports.py): a receiver that answers costs the
+    # run no command and no history event. False: the SENT event goes through the queue.
+    webhook_sent_with_delivery: bool = True
 
     # New exports wait for the listener's hand-over (False: the per-export poll). Read
     # only where workflow.patched(ACK_LISTENER_PATCH) decides, so a flip affects new runs.

@@ -13,6 +13,10 @@ run's own workflow task: no activity task and no extra workflow task for a
 receiver that answers); a try that fails, or that the worker declines (its
 threads for these are busy), goes on as the regular activity, with the same
 backoff and window. Guarded by ``workflow.patched(AT_CLOSE_PATCH)``.
+
+The SENT event usually never reaches this queue: the deliver activity tries it
+first (``DeliverInput.sent_callback``, workflows/export_order.py ``_emit``), and
+only a try that failed is pushed here, with ``tries_before`` counting it.
 """
 
 from __future__ import annotations
@@ -53,8 +57,10 @@ class WebhookQueue:
     def __len__(self) -> int:
         return len(self._pending)
 
-    def push(self, erp_connection_id: UUID, org_id: UUID, event: WebhookEvent) -> None:
-        self._pending.append(WebhookDelivery(erp_connection_id=erp_connection_id, org_id=org_id, event=event))
+    def push(self, erp_connection_id: UUID, org_id: UUID, event: WebhookEvent, *, tries_before: int = 0) -> None:
+        self._pending.append(
+            WebhookDelivery(erp_connection_id=erp_connection_id, org_id=org_id, event=event, tries_before=tries_before)
+        )
         if self._task is None:
             self._task = asyncio.create_task(self._send_all())
 
