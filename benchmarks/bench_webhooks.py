@@ -59,11 +59,16 @@ class CountingReceiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
+            # Keeps connections alive, as any web server in front of a receiver does (http.server's
+            # default, HTTP/1.0, closes each one: a TCP connect per callback no real receiver costs).
+            protocol_version = "HTTP/1.1"
+
             def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
                 self.rfile.read(int(self.headers.get("content-length", "0")))
                 with lock:
                     receiver.count += 1
                 self.send_response(204)
+                self.send_header("content-length", "0")
                 self.end_headers()
 
             def log_message(self, *args: Any) -> None:
