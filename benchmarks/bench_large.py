@@ -49,7 +49,7 @@ def child(args: dict[str, Any]) -> dict[str, Any]:
     from temporalio.testing import ActivityEnvironment
 
     from activities.exports import ExportActivities
-    from dropzone.contracts import DraftRef, ExportRef, RenderInput
+    from dropzone.contracts import DeliverInput, DraftRef, RenderInput
     from dropzone.settings import load_settings
     from worker import build_adapters
 
@@ -71,7 +71,7 @@ def child(args: dict[str, Any]) -> dict[str, Any]:
     stored = env.run(acts.render_and_store, RenderInput(export_id=args["export_id"], draft_ref=args["draft_ref"]))
     render_s = time.perf_counter() - start
     start = time.perf_counter()
-    outcome = env.run(acts.deliver, ExportRef(export_id=args["export_id"]))
+    outcome = env.run(acts.deliver, DeliverInput(export_id=args["export_id"]))
     deliver_s = time.perf_counter() - start
     peak = _peak_rss_bytes()
     adapters.close()

@@ -18,7 +18,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from activities.exports import ExportActivities
-from dropzone.contracts import ExportRef, OpenAttemptInput, RenderInput
+from dropzone.contracts import DeliverInput, OpenAttemptInput, RenderInput
 from dropzone.export_v1 import render_export, validate_draft
 from starter.api import export_handle, start_export
 from tests.conftest import add_connection
@@ -136,7 +136,7 @@ def _prepared_attempt(adapters, fs_target, activity_env):  # type: ignore[no-unt
 async def test_final_name_with_same_bytes_counts_as_delivered(adapters, fs_target, activity_env):
     activities, attempt, body = _prepared_attempt(adapters, fs_target, activity_env)
     (fs_target.export_dir / attempt.filename).write_bytes(body)
-    outcome = activity_env.run(activities.deliver, ExportRef(export_id=attempt.export_id))
+    outcome = activity_env.run(activities.deliver, DeliverInput(export_id=attempt.export_id))
     assert outcome.already_present
     assert adapters.ledger.get_export(attempt.export_id).status == "SENT"
 
@@ -146,7 +146,7 @@ async def test_final_name_with_other_bytes_is_a_permanent_conflict(adapters, fs_
     final = fs_target.export_dir / attempt.filename
     final.write_bytes(b'{"someone": "else"}\n')
     with pytest.raises(ApplicationError) as info:
-        activity_env.run(activities.deliver, ExportRef(export_id=attempt.export_id))
+        activity_env.run(activities.deliver, DeliverInput(export_id=attempt.export_id))
     assert info.value.type == "DELIVERY_CONFLICT" and info.value.non_retryable
     assert final.read_bytes() == b'{"someone": "else"}\n'
     assert not list(fs_target.export_dir.glob("*.tmp"))
