@@ -10,6 +10,9 @@ last ``sent_at`` in the ledger: what the ERP sees. The run itself closes only on
 its callbacks are out, so "callbacks delivered too" (first start → last result) is
 reported as well, without a target.
 
+A fourth burst in every round is the baseline again (A/A), so that the table shows how
+far the machine alone moves the ratio.
+
 Two worker processes on task queues of their own: one as deployed (the deliver
 activity sends the SENT callback itself once the file is published,
 ``Policies.webhook_sent_with_delivery``) and one with that off (the SENT event goes
@@ -125,7 +128,7 @@ async def webhook_rows(stack: Stack, config: WebhookBenchConfig) -> list[Row]:
                 os.environ[WORKER_ENV] = "deployed"
                 async with Workers(stack, bench.client, bench.address, "real", 1, module=WORKER_MODULE) as ours:
                     async def burst(name: str, n: int) -> Burst:
-                        if name == "plain":
+                        if name in ("plain", "control"):  # control: the same burst again, its noise floor
                             return await _burst(bench, ours.task_queue, bench.connection_id, bench.template, n)
                         sent = receiver.count
                         queue = ours.task_queue if name == "deployed" else before.task_queue
@@ -134,24 +137,27 @@ async def webhook_rows(stack: Stack, config: WebhookBenchConfig) -> list[Row]:
                             raise RuntimeError(f"{receiver.count - sent} callbacks for {n} exports")
                         return result
 
-                    names = ["deployed", "queued", "plain"]
+                    names = ["deployed", "queued", "plain", "control"]
                     for name in names:  # warm every path (imports, pools, the httpx client) before timing
                         await burst(name, min(20, config.burst))
                     measured: dict[str, list[Burst]] = {name: [] for name in names}
                     for run in range(config.runs):
-                        for name in names[run % 3:] + names[: run % 3]:  # each goes first in turn
+                        for name in names[run % 4:] + names[: run % 4]:  # each goes first in turn
                             measured[name].append(await burst(name, config.burst))
     finally:
         os.environ.pop(WORKER_ENV, None)
         receiver.close()
-    return _rows(config, measured["plain"], measured["deployed"], measured["queued"])
+    return _rows(config, measured["plain"], measured["deployed"], measured["queued"], measured["control"])
 
 
-def _rows(config: WebhookBenchConfig, plain: list[Burst], hooked: list[Burst], before: list[Burst]) -> list[Row]:
+def _rows(
+    config: WebhookBenchConfig, plain: list[Burst], hooked: list[Burst], before: list[Burst], control: list[Burst]
+) -> list[Row]:
     ours = [b.delivered_per_s for b in hooked]
     base = [b.delivered_per_s for b in plain]
     old = [b.delivered_per_s for b in before]
     ratio = statistics.median(ours) / statistics.median(base)
+    again = [b.delivered_per_s for b in control]
     ours_closed = [b.closed_per_s for b in hooked]
     base_closed = [b.closed_per_s for b in plain]
     return [
@@ -185,6 +191,16 @@ def _rows(config: WebhookBenchConfig, plain: list[Burst], hooked: list[Burst], b
             ratio=statistics.median(ours_closed) / statistics.median(base_closed),
             note="first start → last result: a run closes only after its callbacks are out (no target)",
             pair_ratios=[o / b for o, b in zip(ours_closed, base_closed, strict=True)],
+        ),
+        Row(
+            name=f"Burst of {config.burst} exports, no webhook, against itself: exports delivered",
+            ours=Sample(again, "exports/s"),
+            baseline=Sample(base, "exports/s"),
+            baseline_name="same burst, no webhook",
+            ratio=statistics.median(again) / statistics.median(base),
+            note="the same burst twice in every round (A/A): how far this machine moves the ratio with nothing "
+                 "changed, the noise floor of the rows above (no target)",
+            pair_ratios=[o / b for o, b in zip(again, base, strict=True)],
         ),
     ]
 

@@ -28,6 +28,7 @@ EXPECTED_ROWS = [
     "Burst of 10 exports with a webhook receiver: exports delivered",
     "Burst of 10 exports with a webhook receiver, SENT through the run's queue: exports delivered",
     "Burst of 10 exports with a webhook receiver: callbacks delivered too",
+    "Burst of 10 exports, no webhook, against itself: exports delivered",
     "Waiting cost, 10 exports waiting (poll 5 s, 1 worker), CPU ms/s",
     "Waiting cost, 30 exports waiting (poll 5 s, 1 worker), CPU ms/s",
     "Ack file → ACKED (workflow result) with 30 waiting, poll 5 s",
