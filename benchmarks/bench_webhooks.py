@@ -173,36 +173,37 @@ def _rows(
                  "1 worker, alternating runs",
             pair_ratios=[o / b for o, b in zip(ours, base, strict=True)],
         ),
-        Row(
-            name=f"Burst of {config.burst} exports with a webhook receiver, SENT through the run's queue: exports delivered",
-            ours=Sample(old, "exports/s"),
-            baseline=Sample(base, "exports/s"),
-            baseline_name="same burst, no webhook",
-            ratio=statistics.median(old) / statistics.median(base),
-            note="the code before the SENT callback went out with the delivery (Policies(webhook_sent_with_delivery=False): "
-                 "a local activity at close), its own worker, same run (no target)",
-            pair_ratios=[o / b for o, b in zip(old, base, strict=True)],
+        _untargeted(
+            f"Burst of {config.burst} exports with a webhook receiver, SENT through the run's queue: exports delivered",
+            old, base, "same burst, no webhook",
+            "the code before the SENT callback went out with the delivery (Policies(webhook_sent_with_delivery=False): "
+            "a local activity at close), its own worker, same run (no target)",
         ),
-        Row(
-            name=f"Burst of {config.burst} exports with a webhook receiver: callbacks delivered too",
-            ours=Sample(ours_closed, "exports/s"),
-            baseline=Sample(base_closed, "exports/s"),
-            baseline_name="same burst, no webhook (last result)",
-            ratio=statistics.median(ours_closed) / statistics.median(base_closed),
-            note="first start → last result: a run closes only after its callbacks are out (no target)",
-            pair_ratios=[o / b for o, b in zip(ours_closed, base_closed, strict=True)],
+        _untargeted(
+            f"Burst of {config.burst} exports with a webhook receiver: callbacks delivered too",
+            ours_closed, base_closed, "same burst, no webhook (last result)",
+            "first start → last result: a run closes only after its callbacks are out (no target)",
         ),
-        Row(
-            name=f"Burst of {config.burst} exports, no webhook, against itself: exports delivered",
-            ours=Sample(again, "exports/s"),
-            baseline=Sample(base, "exports/s"),
-            baseline_name="same burst, no webhook",
-            ratio=statistics.median(again) / statistics.median(base),
-            note="the same burst twice in every round (A/A): how far this machine moves the ratio with nothing "
-                 "changed, the noise floor of the rows above (no target)",
-            pair_ratios=[o / b for o, b in zip(again, base, strict=True)],
+        _untargeted(
+            f"Burst of {config.burst} exports, no webhook, against itself: exports delivered",
+            again, base, "same burst, no webhook",
+            "the same burst twice in every round (A/A): how far this machine moves the ratio with nothing "
+            "changed, the noise floor of the rows above (no target)",
         ),
     ]
+
+
+def _untargeted(name: str, ours: list[float], base: list[float], baseline_name: str, note: str) -> Row:
+    """A row shown beside the target's, compared with its own baseline of the same run."""
+    return Row(
+        name=name,
+        ours=Sample(ours, "exports/s"),
+        baseline=Sample(base, "exports/s"),
+        baseline_name=baseline_name,
+        ratio=statistics.median(ours) / statistics.median(base),
+        note=note,
+        pair_ratios=[o / b for o, b in zip(ours, base, strict=True)],
+    )
 
 
 def _worker() -> None:

@@ -28,7 +28,7 @@ runs that were already waiting keep their per-export poll (``poll_ack``).
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timedelta
+from datetime import timedelta
 from uuid import UUID
 
 from temporalio import workflow
@@ -61,7 +61,6 @@ with workflow.unsafe.imports_passed_through():
         RenderInput,
         RetryRequest,
         RetryResult,
-        WebhookDeliveryOutcome,
     )
     from dropzone.errors import ACK_TIMEOUT, RETRY_REJECTED, AckNotYetAvailable, DropzoneError
     from dropzone.export_v1 import validate_draft
@@ -262,12 +261,10 @@ class ExportOrderWorkflow(ListenerWait):
                 summary=f"render and store {attempt.storage_key}",
             )
             self._details(f"attempt {attempt.attempt}: delivering to {attempt.dropzone_label}")
+            with_callback = attempt.webhook and self._policies.webhook_sent_with_delivery
             delivered: DeliveryOutcome = await workflow.execute_activity_method(
                 ExportActivities.deliver,
-                DeliverInput(
-                    export_id=attempt.export_id,
-                    sent_callback=attempt.webhook and self._policies.webhook_sent_with_delivery,
-                ),
+                DeliverInput(export_id=attempt.export_id, sent_callback=with_callback),
                 start_to_close_timeout=self._policies.deliver_timeout,
                 heartbeat_timeout=self._policies.deliver_heartbeat_timeout,
                 schedule_to_close_timeout=self._policies.transient_give_up_after,
@@ -275,7 +272,7 @@ class ExportOrderWorkflow(ListenerWait):
                 summary=f"deliver {attempt.filename} to {attempt.dropzone_label}",
             )
             self._set_status("SENT")
-            self._emit("SENT", tried=delivered.sent_callback, occurred_at=delivered.sent_at)
+            self._emit("SENT", delivered)
             if not attempt.waits_for_ack:
                 self._waiting_for = "nothing"
                 self._details(f"attempt {attempt.attempt}: SENT (no ack path configured)")
@@ -357,27 +354,23 @@ class ExportOrderWorkflow(ListenerWait):
         self._status = status
         workflow.upsert_search_attributes([policies.SA_EXPORT_STATUS.value_set(status)])
 
-    def _emit(
-        self, status: ExportStatusName, tried: WebhookDeliveryOutcome | None = None, occurred_at: datetime | None = None
-    ) -> None:
+    def _emit(self, status: ExportStatusName, delivered: DeliveryOutcome | None = None) -> None:
         """Queue the status callback of a transition of the current attempt (if it has a webhook).
 
-        ``tried``: the deliver activity's own try of the SENT callback (``DeliverInput.sent_callback``).
-        Delivered, it needs nothing here: no patch, no command. Not delivered, the queue sends
-        the same event (same id and time), counting that try. Histories recorded before it carry no
-        ``tried`` (``DeliveryOutcome``'s default), so they replay through the queue as they ran.
-        """
+        ``delivered``: deliver's outcome, with its own try of the SENT callback (if it has a webhook).
+        Delivered: nothing left to do, no patch, no command. Not: the queue sends the same event (id
+        and time), counting that try. Older histories carry no try: they replay through the queue."""
         attempt, summary, request = self._attempt, self._summary, self._request
         if attempt is None or not attempt.webhook or summary is None or request is None:
             return
+        tried = delivered.sent_callback if delivered is not None else None
         if tried is not None and tried.status == "DELIVERED":
             return
         # Only runs whose connection has a webhook issue the new commands.
         if not workflow.patched(WEBHOOK_PATCH):
             return
         event = WebhookEvent(
-            # workflow.uuid4() is deterministic: the same id when the history replays.
-            event_id=tried.event_id if tried is not None else workflow.uuid4(),
+            event_id=tried.event_id if tried else workflow.uuid4(),  # deterministic: the same id on replay
             type=EVENT_TYPE_FOR_STATUS[status],
             draft_order_id=summary.draft_order_id,
             export_id=attempt.export_id,
@@ -385,7 +378,7 @@ class ExportOrderWorkflow(ListenerWait):
             status=status,
             erp_order_id=self._erp_order_id if status == "ACKED" else None,
             error=self._last_error.to_json() if status == "FAILED" and self._last_error else None,
-            occurred_at=occurred_at if tried is not None and occurred_at is not None else workflow.now(),
+            occurred_at=(delivered.sent_at if tried and delivered else None) or workflow.now(),
         )
         self._webhooks.push(request.erp_connection_id, summary.org_id, event, tries_before=tried.delivery_attempts if tried else 0)
 
