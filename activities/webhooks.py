@@ -6,10 +6,14 @@ URL and the ``whsec_`` secret are loaded from the connection's encrypted
 config by id: neither ever enters the workflow's history. Every try is
 recorded in ``erp_webhook_event``, so ``dropzone status`` shows how delivery goes.
 
-Error table (httpx → ours), all retryable with code ``WEBHOOK_UNDELIVERED``:
+Sent with urllib3 (already botocore's HTTP client): a try costs the worker about half the
+CPU of an httpx one, and one is made for every export (benchmarks/bench_webhooks.py).
+Error table (urllib3 → ours, first match), all retryable with code ``WEBHOOK_UNDELIVERED``:
 
-    httpx.TimeoutException    "<url>: no answer within <n> s"
-    httpx.TransportError      "<url>: cannot connect (<exception type>)"
+    NewConnectionError        "<url>: cannot connect (NewConnectionError)"
+                              (listed first: urllib3 makes it a ConnectTimeoutError)
+    TimeoutError              "<url>: no answer within <n> s"
+    HTTPError (the rest)      "<url>: cannot connect (<exception type>)"
     response status not 2xx   "<url> answered HTTP <status>"
 
 A connection that no longer names a webhook fails the event at once (INVALID_CONFIG).
@@ -31,7 +35,9 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from uuid import UUID
 
-import httpx
+import urllib3
+from urllib3.exceptions import HTTPError, NewConnectionError
+from urllib3.exceptions import TimeoutError as HTTPTimeoutError
 from temporalio import activity
 
 from activities.failures import translate_errors
@@ -52,6 +58,7 @@ AT_CLOSE_SLOT_WAIT_SECONDS = 0.5
 # After a local try failed, the connection's callbacks go straight to the regular activity
 # for this long, so that a receiver that hangs holds closing runs' workflow tasks only once.
 AT_CLOSE_PAUSE_SECONDS = 30.0
+MAX_ANSWER_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -65,6 +72,27 @@ def _undelivered(message: str) -> TransientError:
     return TransientError(message, code=WEBHOOK_UNDELIVERED)
 
 
+def _transport_error(url: str, exc: HTTPError, timeout_seconds: float) -> str:
+    """The error table above, in one place."""
+    if isinstance(exc, HTTPTimeoutError) and not isinstance(exc, NewConnectionError):
+        return f"{describe_url(url)}: no answer within {timeout_seconds:g} s"
+    return f"{describe_url(url)}: cannot connect ({type(exc).__name__})"
+
+
+def _discard_answer(response: urllib3.BaseHTTPResponse) -> None:
+    """What a receiver answers is not ours to keep: up to ``MAX_ANSWER_BYTES`` are read so that
+    the connection goes back to the pool; a longer answer, or one that breaks off, closes it
+    (the status line came first and stands)."""
+    try:
+        response.read(MAX_ANSWER_BYTES)
+        if not response.read(1):
+            response.release_conn()
+            return
+    except HTTPError:
+        pass
+    response.close()
+
+
 def _not_delivered(delivery: WebhookDelivery, *, tries: int) -> WebhookDeliveryOutcome:
     return WebhookDeliveryOutcome(event_id=delivery.event.event_id, status="PENDING", delivery_attempts=tries)
 
@@ -73,7 +101,7 @@ class WebhookActivities:
     def __init__(
         self,
         ledger: Ledger,
-        client: httpx.Client | None = None,
+        http: urllib3.PoolManager | None = None,
         *,
         request_timeout: timedelta = policies.DEFAULT_POLICIES.webhook_request_timeout,
         max_in_flight: int = policies.DEFAULT_POLICIES.webhook_max_in_flight,
@@ -90,18 +118,14 @@ class WebhookActivities:
         self._ledger = ledger
         self._targets: dict[UUID, _Target] = {}
         self._targets_lock = threading.Lock()
-        # One pooled client per worker (thread-safe); no redirects: a receiver that
-        # moved must be reconfigured, the signature is for the URL we were given.
-        self._client = client or httpx.Client(
-            timeout=self._request_timeout_seconds,
-            follow_redirects=False,
-            headers={"user-agent": USER_AGENT},
-            limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
-        )
+        # One pooled client per worker (thread-safe). No retries (Temporal's retry policy is the
+        # backoff) and no redirects: a receiver that moved must be reconfigured, the signature
+        # is for the URL we were given.
+        self._http = http or urllib3.PoolManager(num_pools=32, maxsize=16, retries=False)
 
     def close(self) -> None:
         self._at_close.shutdown(wait=False, cancel_futures=True)
-        self._client.close()
+        self._http.clear()
 
     @activity.defn
     @translate_errors
@@ -180,27 +204,27 @@ class WebhookActivities:
         target = self._target(delivery.erp_connection_id)
         url = target.url
         body = event.body()
-        headers = signed_headers(target.secret, event, body, int(time.time()))
+        headers = {**signed_headers(target.secret, event, body, int(time.time())), "user-agent": USER_AGENT}
         try:
-            response = self._client.post(url, content=body, headers=headers, timeout=timeout_seconds)
-        except httpx.TimeoutException:
-            error = f"{describe_url(url)}: no answer within {timeout_seconds:g} s"
+            response = self._http.request(
+                "POST", url, body=body, headers=headers, redirect=False, preload_content=False,
+                timeout=urllib3.Timeout(connect=timeout_seconds, read=timeout_seconds),
+            )
+            _discard_answer(response)
+        except HTTPError as exc:
+            error = _transport_error(url, exc, timeout_seconds)
             self._record(delivery, tries, error=error)
             raise _undelivered(error) from None
-        except httpx.TransportError as exc:
-            error = f"{describe_url(url)}: cannot connect ({type(exc).__name__})"
-            self._record(delivery, tries, error=error)
-            raise _undelivered(error) from None
-        if not response.is_success:
-            error = f"{describe_url(url)} answered HTTP {response.status_code}"
-            self._record(delivery, tries, error=error, response_status=response.status_code)
+        if not 200 <= response.status < 300:
+            error = f"{describe_url(url)} answered HTTP {response.status}"
+            self._record(delivery, tries, error=error, response_status=response.status)
             raise _undelivered(error)
-        record = self._record(delivery, tries, response_status=response.status_code, delivered=True)
+        record = self._record(delivery, tries, response_status=response.status, delivered=True)
         return WebhookDeliveryOutcome(
             event_id=event.event_id,
             status=record.status.value,  # type: ignore[arg-type]
             delivery_attempts=record.delivery_attempts,
-            response_status=response.status_code,
+            response_status=response.status,
         )
 
     def _target(self, connection_id: UUID) -> _Target:
