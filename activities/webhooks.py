@@ -6,7 +6,7 @@ URL and the ``whsec_`` secret are loaded from the connection's encrypted
 config by id: neither ever enters the workflow's history. Every try is
 recorded in ``erp_webhook_event``, so ``dropzone status`` shows how delivery goes.
 
-Sent with urllib3 (already botocore's HTTP client): a try costs the worker about half the
+Sent with urllib3 (already botocore's HTTP client): a POST costs the worker about two thirds of the
 CPU of an httpx one, and one is made for every export (benchmarks/bench_webhooks.py).
 Error table (urllib3 → ours, first match), all retryable with code ``WEBHOOK_UNDELIVERED``:
 
