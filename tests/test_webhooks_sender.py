@@ -116,3 +116,23 @@ async def test_nothing_listening_is_cannot_connect_not_a_timeout(ledger: Ledger,
     assert (outcome.status, outcome.delivery_attempts) == ("PENDING", 1)
     assert row.last_error.endswith("/hooks: cannot connect (NewConnectionError)")
     assert row.response_status is None and "not-a-secret" not in row.last_error
+
+
+async def test_a_try_recorded_after_delivery_changes_nothing(ledger: Ledger, fs_target: Target):
+    """The one prebuilt upsert: a later try updates a PENDING row, never a final one."""
+    events, delivery = WebhookEvents(ledger), sent_event(fs_target)
+
+    def record(tries: int, delivered: bool) -> Any:
+        return events.record_try(
+            org_id=delivery.org_id, erp_connection_id=delivery.erp_connection_id, event=delivery.event,
+            tries=tries, delivered=delivered, response_status=204 if delivered else 503,
+            error=None if delivered else "answered HTTP 503",
+        )
+
+    first = record(1, delivered=False)
+    second = record(2, delivered=True)
+    late = record(3, delivered=False)  # e.g. a duplicate try that lost its answer
+    assert (str(first.status), first.delivery_attempts, first.last_error) == ("PENDING", 1, "answered HTTP 503")
+    assert (str(second.status), second.delivery_attempts, second.last_error) == ("DELIVERED", 2, None)
+    assert late == second
+    assert second.created_at == first.created_at and second.delivered_at is not None

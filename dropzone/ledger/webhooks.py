@@ -41,14 +41,14 @@ def _record_try_statement() -> Any:
     ).returning(*_TABLE.c)
 
 
+_RECORD_TRY = _record_try_statement()
+
+
 def _clip(text: str | None) -> str | None:
     if text is None:
         return None
     text = text.replace("\x00", "\ufffd")
     return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 1] + "…"
-
-
-_RECORD_TRY = _record_try_statement()
 
 
 class WebhookEvents:
