@@ -15,7 +15,7 @@ from typing import Any, Self
 from uuid import UUID
 
 import psycopg
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Connection, Engine, create_engine, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session, sessionmaker
@@ -76,6 +76,16 @@ def translate_db_errors(url: str | URL) -> Iterator[None]:
         if not exc.connection_invalidated:
             raise
         raise LedgerUnavailableError(f"database unavailable: {describe_database(url)}") from exc
+
+
+@contextmanager
+def autocommit(engine: Engine) -> Iterator[Connection]:
+    """A pooled connection in autocommit, for work that is one statement at a time: BEGIN and
+    COMMIT/ROLLBACK would be two more round trips to PostgreSQL each time (a ping and the
+    statement, against four with them). Each status callback and each HTTP API request does
+    such work (benchmarks/bench_webhooks.py, benchmarks/bench_api.py)."""
+    with translate_db_errors(engine.url), engine.connect() as plain:
+        yield plain.execution_options(isolation_level="AUTOCOMMIT")
 
 
 def create_ledger_engine(database_url: str | URL, *, pool_size: int = 10, pooled: bool = True) -> Engine:

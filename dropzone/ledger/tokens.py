@@ -17,12 +17,12 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from uuid import UUID
 
-from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from dropzone.errors import InvalidConfigError, TokenNotFoundError
 from dropzone.ledger.models import ApiToken, ErpConnection, ErpExport, UtcDatetime, _Record
-from dropzone.ledger.engine import translate_db_errors
+from dropzone.ledger.engine import autocommit, translate_db_errors
 
 TOKEN_PREFIX = "dzt_"
 TOKEN_BYTES = 32
@@ -69,14 +69,6 @@ class ApiTokens:
         with translate_db_errors(self._engine.url), self._sessions.begin() as session:
             yield session
 
-    @contextmanager
-    def _lookup(self) -> Iterator[Connection]:
-        """A connection for one read of the per-request look-ups, in autocommit: each is one
-        SELECT, so BEGIN and ROLLBACK would be two round trips to PostgreSQL per look-up, and
-        every push makes two (benchmarks/bench_api.py)."""
-        with translate_db_errors(self._engine.url), self._engine.connect() as plain:
-            yield plain.execution_options(isolation_level="AUTOCOMMIT")
-
     def create(self, org_id: UUID, name: str) -> tuple[str, ApiTokenRecord]:
         """A new token for ``org_id``: (the token itself, shown once; its record)."""
         name = name.strip()
@@ -101,7 +93,7 @@ class ApiTokens:
         query = select(*_RECORD_COLUMNS).where(
             ApiToken.token_hash == hash_token(token), ApiToken.revoked_at.is_(None)
         )
-        with self._lookup() as conn:
+        with autocommit(self._engine) as conn:
             row = conn.execute(query).mappings().first()
         return ApiTokenRecord.model_validate(dict(row)) if row is not None else None
 
@@ -110,7 +102,7 @@ class ApiTokens:
         org = self._connection_orgs.get(connection_id)
         if org is None:
             query = select(ErpConnection.org_id).where(ErpConnection.id == connection_id)
-            with self._lookup() as conn:
+            with autocommit(self._engine) as conn:
                 org = conn.execute(query).scalar()
             if org is not None:
                 if len(self._connection_orgs) >= CONNECTION_CACHE_SIZE:
@@ -121,7 +113,7 @@ class ApiTokens:
     def draft_org(self, draft_order_id: UUID) -> UUID | None:
         """The organisation whose export attempts use this draft id, if any has one."""
         query = select(ErpExport.org_id).where(ErpExport.draft_order_id == draft_order_id).limit(1)
-        with self._lookup() as conn:
+        with autocommit(self._engine) as conn:
             return conn.execute(query).scalar()
 
     def list(self, org_id: UUID | None = None, *, include_revoked: bool = False) -> list[ApiTokenRecord]:

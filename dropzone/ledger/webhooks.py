@@ -17,7 +17,7 @@ from sqlalchemy import bindparam, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from dropzone.ledger.models import ErpWebhookEvent, WebhookEventRecord, WebhookEventStatus
-from dropzone.ledger.engine import translate_db_errors
+from dropzone.ledger.engine import autocommit
 from dropzone.ledger.repository import Ledger
 from dropzone.webhooks import WebhookEvent
 
@@ -122,10 +122,8 @@ class WebhookEvents:
 
     def _upsert(self, statement: Any, event_id: UUID, params: dict[str, Any] | None = None) -> WebhookEventRecord:
         # Core, not the ORM: one of these runs for every callback sent (benchmarks/bench_webhooks.py).
-        # One statement, atomic by itself: autocommit spares the BEGIN and COMMIT round trips.
-        engine = self._ledger.engine
-        with translate_db_errors(engine.url), engine.connect() as plain:
-            connection = plain.execution_options(isolation_level="AUTOCOMMIT")
+        # The upsert is atomic by itself, and the read after it needs no snapshot of the same moment.
+        with autocommit(self._ledger.engine) as connection:
             row = connection.execute(statement, params).mappings().one_or_none()
             if row is None:  # already final: a status never goes back
                 row = connection.execute(select(_TABLE).where(_TABLE.c.event_id == event_id)).mappings().one()
