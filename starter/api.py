@@ -14,6 +14,7 @@ new export of the same draft happens only with ``force=True``.
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -54,9 +55,14 @@ class StartedExport:
     workflow_id: str
     run_id: str | None
     draft_order_id: UUID
-    # False when an earlier start's run was returned instead of a new one
-    # (informational: decided by a describe just before the start).
+    # False when an earlier start's run was returned instead of a new one.
     started_new: bool
+
+
+# Temporal answers a start with ``started`` (false: an open run was used); temporalio 1.35
+# keeps that answer on the handle it returns. Should a release drop it, a describe before
+# the start tells instead (one more round trip per start).
+_START_RESPONSE_KEPT = "start_workflow_response" in inspect.signature(WorkflowHandle.__init__).parameters
 
 
 async def start_export(
@@ -89,7 +95,7 @@ async def start_export(
     )
     parsed, request = prepared.draft, prepared.request
     workflow_id = workflow_id_for(parsed.draft_order_id)
-    was_running = await _is_running(client, workflow_id)
+    was_running = False if _START_RESPONSE_KEPT else await _is_running(client, workflow_id)
     summary = f"{parsed.header.external_order_number} · {parsed.org_slug} · {prepared.line_count} lines"
     try:
         handle = await client.start_workflow(
@@ -118,7 +124,9 @@ async def start_export(
         return StartedExport(workflow_id, None, parsed.draft_order_id, started_new=False)
     except RPCError as exc:
         raise _temporal_error(exc) from None
-    return StartedExport(workflow_id, handle.result_run_id, parsed.draft_order_id, started_new=not was_running)
+    response = getattr(handle, "_start_workflow_response", None)
+    started_new = bool(response.started) if response is not None else not was_running
+    return StartedExport(workflow_id, handle.result_run_id, parsed.draft_order_id, started_new=started_new)
 
 
 def export_handle(client: Client, draft_order_id: UUID | str) -> WorkflowHandle[Any, ExportResult]:

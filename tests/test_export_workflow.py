@@ -57,7 +57,9 @@ async def test_full_run_delivers_stores_and_acks(client: Client, run_worker, tar
         assert state.erp_order_id == "SO-1"
         row = ledger.get_export(state.export_id)
         assert row.status == "ACKED" and row.erp_order_id == "SO-1" and row.acked_at is not None
-        assert (target.ack_dir / "processed" / f"ack_{state.filename}").is_file()
+        # The listener hands the answer to the run, and only then moves the file.
+        moved = target.ack_dir / "processed" / f"ack_{state.filename}"
+        await eventually(moved.is_file, what=f"{moved} to appear")
         assert not (target.ack_dir / f"ack_{state.filename}").exists()
 
 
@@ -116,6 +118,8 @@ async def test_same_draft_started_twice_gives_one_run_and_one_file(client: Clien
         )
         assert first.workflow_id == second.workflow_id
         assert first.run_id == second.run_id
+        # Temporal's own answer to each start says which one opened the run.
+        assert sorted([first.started_new, second.started_new]) == [False, True]
         state = await wait_for_state(client, did, lambda s: s.waiting_for == "ack")
         again = await start_export(client, erp_connection_id=target.connection_id, draft=draft, task_queue=queue)
         assert again.run_id == first.run_id and not again.started_new

@@ -15,7 +15,7 @@ from typing import Any, Self
 from uuid import UUID
 
 import psycopg
-from sqlalchemy import Connection, Engine, create_engine, text
+from sqlalchemy import Connection, Engine, Executable, Row, create_engine, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session, sessionmaker
@@ -88,13 +88,37 @@ def autocommit(engine: Engine) -> Iterator[Connection]:
         yield plain.execution_options(isolation_level="AUTOCOMMIT")
 
 
-def create_ledger_engine(database_url: str | URL, *, pool_size: int = 10, pooled: bool = True) -> Engine:
+def read_first(lookups: Engine, statement: Executable, params: dict[str, Any]) -> Row[Any] | None:
+    """The first row of one read on a ``lookups`` engine (``create_ledger_engine(..., lookups=True)``).
+
+    That engine skips the pre-ping, so a pooled connection that the database cut
+    (a restart, a firewall) fails here: SQLAlchemy then drops the pool's older
+    connections too, and the read runs once more on a fresh one (safe: it
+    changes nothing). The HTTP API makes such reads on every request
+    (benchmarks/bench_api.py).
+    """
+    for attempt in (1, 2):
+        try:
+            with translate_db_errors(lookups.url), lookups.connect() as connection:
+                return connection.execute(statement, params).first()
+        except LedgerUnavailableError as exc:
+            cut = isinstance(exc.__cause__, sa_exc.DBAPIError) and exc.__cause__.connection_invalidated
+            if attempt == 2 or not cut:
+                raise
+    raise AssertionError("unreachable")
+
+
+def create_ledger_engine(
+    database_url: str | URL, *, pool_size: int = 10, pooled: bool = True, lookups: bool = False
+) -> Engine:
+    """The pooled engine of a process; ``lookups=True``: one for ``read_first`` only (autocommit, no pre-ping)."""
     url = psycopg_url(database_url)
     connect_args: dict[str, Any] = {}
     if "connect_timeout" not in url.query:
         connect_args["connect_timeout"] = CONNECT_TIMEOUT_SECONDS
     if not pooled:  # one-off work such as migrations
         return create_engine(url, poolclass=NullPool, connect_args=connect_args, hide_parameters=True)
+    extra: dict[str, Any] = {"isolation_level": "AUTOCOMMIT"} if lookups else {}
     return create_engine(
         url,
         # A statement's parameters are customer data (ERP texts, order ids) and
@@ -104,8 +128,10 @@ def create_ledger_engine(database_url: str | URL, *, pool_size: int = 10, pooled
         max_overflow=pool_size,
         # A pooled connection may have been cut by a database restart or a
         # firewall; test it on checkout instead of failing the activity.
-        pool_pre_ping=True,
+        # (read_first retries instead: a ping is a round trip per request.)
+        pool_pre_ping=not lookups,
         connect_args=connect_args,
+        **extra,
     )
 
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import typer
 
 from dropzone.settings import load_settings
-from starter.cli.common import app, fail, handle_errors, out, run
+from starter.cli.common import app, fail, handle_errors, out
 
 
 @app.command("api")
@@ -51,5 +52,15 @@ def api_cmd(
 
     logging.getLogger("dropzone.api").info("api listening", extra={"url": url})
     out.print(f"HTTP API on {url} (docs: {url}/docs); Ctrl-C stops it", highlight=False)
-    run(serve())
+    with asyncio.Runner(loop_factory=_fast_loop_factory()) as runner:
+        runner.run(serve())
     logging.getLogger("dropzone.api").info("api stopped")
+
+
+def _fast_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop where it installs (as uvicorn's ``loop="auto"`` would choose), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop

@@ -24,7 +24,7 @@ from dropzone.ledger import ExportRecord, ExportStatus, Ledger
 from dropzone.ledger.webhooks import WebhookEvents
 from starter import api
 from starter.http.body import json_body, push_body, require_json, small_json
-from starter.http.deps import ClientDep, CurrentToken, LedgerDep, SettingsDep, StoreDep, TokensDep
+from starter.http.deps import ClientDep, CurrentToken, DraftCallerDep, LedgerDep, ResourcesDep, SettingsDep
 from starter.http.problems import Problem, ProblemError, from_dropzone_error, responses
 from starter.http.schemas import (
     DraftExports,
@@ -48,8 +48,12 @@ def _not_found(draft_order_id: UUID) -> ProblemError:
     return ProblemError(404, "not-found", "Not found", f"no export of draft order {draft_order_id} in this organisation")
 
 
+EXPORTS_PATH = "/{draft_order_id}/exports"
+
+
 def _status_url(request: Request, draft_order_id: UUID) -> str:
-    return str(request.url_for("draft_exports", draft_order_id=draft_order_id))
+    """The ``draft_exports`` route's URL (``url_for`` would search every route, on every push)."""
+    return f"{str(request.base_url).rstrip('/')}{router.prefix}{EXPORTS_PATH.format(draft_order_id=draft_order_id)}"
 
 
 @dataclass(frozen=True)
@@ -101,19 +105,18 @@ async def _find_run(client: Client, ledger: Ledger, draft_order_id: UUID) -> _Ru
     responses=responses(400, 401, 404, 409, 413, 415, 422, 503),
 )
 async def push(
-    request: Request,
-    draft_order_id: DraftId,
-    token: CurrentToken,
-    settings: SettingsDep,
-    ledger: LedgerDep,
-    store: StoreDep,
-    client: ClientDep,
-    tokens: TokensDep,
-    _json: Annotated[None, Depends(require_json)],
+    request: Request, draft_order_id: DraftId, caller: DraftCallerDep, resources: ResourcesDep
 ) -> PushAccepted:
+    # Few dependencies on purpose: resolving each costs every push (benchmarks/bench_api.py).
+    await require_json(request)
+    token, tokens, settings = caller.token, resources.tokens, resources.settings
+    client = await resources.client()
     async with push_body(request) as body:
         connection_id = _connection_id(body.erp_connection_id)
-        if await run_in_threadpool(tokens.connection_org, connection_id) != token.org_id:
+        org = tokens.known_connection_org(connection_id) or await run_in_threadpool(
+            tokens.connection_org, connection_id
+        )
+        if org != token.org_id:
             raise ProblemError(404, "not-found", "Not found", f"no connection {connection_id} in this organisation")
 
         def check(draft: DraftOrder) -> None:
@@ -125,13 +128,14 @@ async def push(
                     "draft.org_id", f"must be the connection's organisation (connection {connection_id} belongs "
                     f"to org {token.org_id}, the draft to org {draft.org_id})"
                 )
-            owner = tokens.draft_org(draft_order_id)
-            if owner is not None and owner != token.org_id:
+            # Asked with the token (one round trip); a run of another organisation that
+            # opened since is caught below, when the start joins it.
+            if caller.draft_owner is not None and caller.draft_owner != token.org_id:
                 raise _not_found(draft_order_id)  # the id is another organisation's
 
         try:
             started = await api.start_export(
-                client, erp_connection_id=connection_id, store=store, force=body.force,
+                client, erp_connection_id=connection_id, store=resources.store, force=body.force,
                 draft=body.draft if body.draft is not None else body.draft_file,  # type: ignore[arg-type]
                 task_queue=settings.task_queue, inline_limit_bytes=settings.inline_draft_limit_bytes,
                 check_draft=check,
@@ -140,7 +144,7 @@ async def push(
             raise from_dropzone_error(exc, within="draft") from None
     if not started.started_new:
         # Joined an open run: one that has no attempt yet is known only to Temporal.
-        existing = await _find_run(client, ledger, draft_order_id)
+        existing = await _find_run(client, resources.ledger, draft_order_id)
         if existing is not None and existing.org_id is not None and existing.org_id != token.org_id:
             raise _not_found(draft_order_id)  # the id is another organisation's
     if started.run_id is None:  # a closed run exists and the push did not say force
@@ -224,7 +228,7 @@ async def retry_push(
 
 
 @router.get(
-    "/{draft_order_id}/exports",
+    EXPORTS_PATH,
     name="draft_exports",
     response_model=DraftExports,
     summary="Every attempt of one draft's export (as `dropzone status --json`)",
