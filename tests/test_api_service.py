@@ -74,6 +74,10 @@ async def test_dropzone_api_serves_the_checked_in_openapi_docs_and_readiness(dro
     assert_problem(unauthenticated, 401, "unauthorized")
     output = log.read_text()
     assert code == 0, output
+    # The event loop and HTTP parser of uvicorn's "standard" install (benchmarks/bench_api.py), as logged.
+    logged = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    (listening,) = [line for line in logged if line.get("event") == "api listening"]
+    assert (listening["event_loop"], listening["http"]) == ("uvloop", "uvicorn.protocols.http.httptools_impl"), listening
     assert "Traceback" not in output and dropzone_env["DROPZONE_S3_SECRET_KEY"] not in output
 
 

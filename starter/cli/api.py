@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Callable
 from pathlib import Path
 
 import typer
@@ -41,26 +40,22 @@ def api_cmd(
         raise fail(f"port {settings.api_port} on {settings.api_host} is already in use (--port or DROPZONE_API_PORT)")
     url = f"http://{settings.api_host}:{settings.api_port}"
     app_ = create_app(settings, Resources.build(settings))  # a bad setting fails here, in one line
+    config = uvicorn_config(settings, app_)
+    config.load()  # resolves uvicorn's "auto" HTTP parser: httptools where it is installed
 
     async def serve() -> None:
-        server = ApiServer(uvicorn_config(settings, app_))
+        server = ApiServer(config)
         loop = asyncio.get_running_loop()
         # SIGTERM (a deploy) and Ctrl-C: finish the requests in flight, then exit 0.
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, setattr, server, "should_exit", True)
+        # What serves, as the operator's log should say (uvloop and httptools: benchmarks/bench_api.py).
+        serving_with = {"event_loop": type(loop).__module__, "http": config.http_protocol_class.__module__}
+        logging.getLogger("dropzone.api").info("api listening", extra={"url": url, **serving_with})
         await server.serve()
 
-    logging.getLogger("dropzone.api").info("api listening", extra={"url": url})
     out.print(f"HTTP API on {url} (docs: {url}/docs); Ctrl-C stops it", highlight=False)
-    with asyncio.Runner(loop_factory=_fast_loop_factory()) as runner:
+    # uvicorn's "auto" loop, as `uvicorn` itself would run it: uvloop where it installs, else asyncio's.
+    with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
         runner.run(serve())
     logging.getLogger("dropzone.api").info("api stopped")
-
-
-def _fast_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's event loop where it installs (as uvicorn's ``loop="auto"`` would choose), else asyncio's."""
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
