@@ -181,6 +181,9 @@ async def test_thirty_day_ack_wait_ends_ack_timeout_and_a_late_ack_is_recorded(
             listener = await client.get_workflow_handle(policies.listener_id_for(target.connection_id)).query(
                 AckListenerWorkflow.state
             )
+            # The listener hands the answer to the run, and only then moves the file.
+            moved = target.ack_dir / "processed" / f"ack_{waiting.filename}"
+            await eventually(moved.is_file, what=f"{moved} to appear")
     report = observer.report
 
     assert waited >= ack_timeout
@@ -188,7 +191,6 @@ async def test_thirty_day_ack_wait_ends_ack_timeout_and_a_late_ack_is_recorded(
     row = ledger.get_export(waiting.export_id)
     assert row.status == "ACKED" and row.erp_order_id == "SO-LATE-30D" and row.acked_at is not None
     assert row.error_json["code"] == "ACK_TIMEOUT" and row.error_json["late_ack"] is True
-    assert (target.ack_dir / "processed" / f"ack_{waiting.filename}").is_file()
     assert not (target.ack_dir / f"ack_{waiting.filename}").exists()
     assert not (target.ack_dir / "error").exists()
     assert last_export_status(history) == "ACKED"
@@ -352,12 +354,14 @@ async def test_sweep_records_a_late_ack_after_the_run_has_closed(time_skipping_e
             await start_export(client, erp_connection_id=target.connection_id, draft=other, task_queue=queue)
             await wait_for_state(client, other["draft_order_id"], lambda s: s.waiting_for == "ack")
             row = await ledger_row(ledger, first.export_id, lambda r: r.status == "ACKED")
+            # Recorded first, then moved.
+            moved = target.ack_dir / "processed" / f"ack_{first.filename}"
+            await eventually(moved.is_file, what=f"{moved} to appear")
             await cancel_export(client, other["draft_order_id"], reason="test done")
             await asyncio.wait_for(export_handle(client, other["draft_order_id"]).result(), 60)
     report = observer.report
 
     assert row.erp_order_id == "SO-SWEPT" and row.error_json["late_ack"] is True
-    assert (target.ack_dir / "processed" / f"ack_{first.filename}").is_file()
     assert not (target.ack_dir / "error").exists()
     assert ledger.list_ack_rejections(connection_id=target.connection_id) == []
     assert report.partial == []
